@@ -1,0 +1,287 @@
+#include "resample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace wbc {
+namespace {
+
+constexpr int kPrecisionBits = 22;  // Pillow: 32 - 8 bits of result - 2 bits of headroom
+constexpr std::int32_t kHalf = 1 << (kPrecisionBits - 1);
+
+// Source rows are transposed in strips of this many rows, so that the
+// horizontal pass becomes a contiguous multiply-add over kStripRows * 3 values.
+constexpr int kStripRows = 8;
+constexpr int kStripLanes = kStripRows * 3;
+
+// Explicit SIMD through GCC/Clang vector extensions: portable (NEON, SSE2),
+// and on x86-64 a second AVX2 copy of the hot loops is picked at load time.
+typedef std::int32_t v8i __attribute__((vector_size(32)));
+typedef std::uint8_t v8u __attribute__((vector_size(8)));
+typedef std::uint8_t v32u __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GLIBC__)
+#define WBC_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define WBC_HOT
+#endif
+
+double bilinear_filter(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+inline std::uint8_t clip8(std::int32_t acc) {
+    const std::int32_t v = acc >> kPrecisionBits;
+    return static_cast<std::uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+// Eight bytes widened to int32 lanes (written as a constructor: GCC turns
+// that into one vpmovzxbd, but not __builtin_convertvector).
+__attribute__((always_inline)) inline v8i load8(const std::uint8_t* p) {
+    return v8i{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+}
+
+// The low byte of each int32 lane, after >> 22 and clamping to [0, 255]
+// (a byte shuffle: GCC narrows __builtin_convertvector one lane at a time).
+__attribute__((always_inline)) inline void store8(std::uint8_t* p, v8i acc) {
+    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "byte shuffle assumes little endian");
+    v8i v = acc >> kPrecisionBits;
+    v = v < 0 ? 0 : v;
+    v = v > 255 ? 255 : v;
+    const v32u bytes = reinterpret_cast<v32u>(v);
+#if defined(__clang__) || __GNUC__ >= 12
+    const v8u low = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
+    std::memcpy(p, &low, 8);
+#else
+    const v32u low = __builtin_shuffle(bytes, v32u{0, 4, 8, 12, 16, 20, 24, 28});
+    std::memcpy(p, &low, 8);
+#endif
+}
+
+// Copies source pixel (y, x) as RGB into dst[0..2]: gray is replicated, alpha
+// is dropped.
+inline void load_rgb(const ImageView& s, int y, int x, std::uint8_t* dst) {
+    const std::uint8_t* p = s.data + y * s.row_stride + x * s.col_stride;
+    if (s.channels == 1) {
+        dst[0] = dst[1] = dst[2] = p[0];
+    } else {
+        dst[0] = p[0];
+        dst[1] = p[s.channel_stride];
+        dst[2] = p[2 * s.channel_stride];
+    }
+}
+
+// Packed RGB or RGBA with positive strides: a pixel can be read as 4 bytes.
+inline bool is_packed(const ImageView& s) {
+    return s.channels >= 3 && s.channel_stride == 1 && s.col_stride == s.channels;
+}
+
+// Writes source row y as packed RGB (width * 3 bytes).
+void load_rgb_row(const ImageView& s, int y, std::uint8_t* dst) {
+    const std::uint8_t* row = s.data + y * s.row_stride;
+    if (s.channels == 3 && s.col_stride == 3 && s.channel_stride == 1) {
+        std::memcpy(dst, row, static_cast<std::size_t>(s.width) * 3);
+        return;
+    }
+    for (int x = 0; x < s.width; ++x) load_rgb(s, y, x, dst + 3 * x);
+}
+
+// Transposes rows [y0, y0 + n) of the source into strip[x][r][c]
+// (kStripLanes bytes per source column). Lanes of rows >= n hold junk that
+// is computed on and never written out.
+void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
+    if (!is_packed(s)) {
+        for (int x = 0; x < s.width; ++x) {
+            for (int r = 0; r < n; ++r) load_rgb(s, y0 + r, x, strip + x * kStripLanes + 3 * r);
+        }
+        return;
+    }
+    const std::uint8_t* rows[kStripRows];
+    for (int r = 0; r < n; ++r) rows[r] = s.data + (y0 + r) * s.row_stride;
+    // 4-byte copies: the 4th byte lands in the next slot, which is written
+    // after it (the strip has one spare column). The last pixel of a row is
+    // copied with 3 so as not to read past the image.
+    const int last = s.width - 1;
+    for (int x = 0; x < last; ++x) {
+        std::uint8_t* col = strip + x * kStripLanes;
+        for (int r = 0; r < n; ++r) std::memcpy(col + 3 * r, rows[r] + x * s.col_stride, 4);
+    }
+    for (int r = 0; r < n; ++r) std::memcpy(strip + last * kStripLanes + 3 * r, rows[r] + last * s.col_stride, 3);
+}
+
+// Horizontal pass over source rows [y_first, y_last): writes
+// (y_last - y_first) rows of out_w RGB pixels to `rows`.
+WBC_HOT void horizontal_pass(const ImageView& s, const Taps& taps, int y_first, int y_last,
+                             int out_w, std::uint8_t* rows, Scratch& scratch) {
+    scratch.strip.resize(static_cast<std::size_t>(s.width + 1) * kStripLanes);
+    std::uint8_t* strip = scratch.strip.data();
+    const std::size_t row_len = static_cast<std::size_t>(out_w) * 3;
+
+    for (int y0 = y_first; y0 < y_last; y0 += kStripRows) {
+        const int n = std::min(kStripRows, y_last - y0);
+        load_strip(s, y0, n, strip);
+        std::uint8_t* out = rows + static_cast<std::size_t>(y0 - y_first) * row_len;
+        for (int x = 0; x < out_w; ++x) {
+            v8i a0 = {}, a1 = {}, a2 = {};
+            a0 += kHalf;
+            a1 += kHalf;
+            a2 += kHalf;
+            const std::int32_t* k = &taps.k[static_cast<std::size_t>(x) * taps.ksize];
+            const std::uint8_t* col = strip + static_cast<std::size_t>(taps.first[x]) * kStripLanes;
+            for (int t = 0; t < taps.count[x]; ++t, col += kStripLanes) {
+                const std::int32_t w = k[t];
+                a0 += load8(col) * w;
+                a1 += load8(col + 8) * w;
+                a2 += load8(col + 16) * w;
+            }
+            std::uint8_t px[kStripLanes + 8];
+            store8(px, a0);
+            store8(px + 8, a1);
+            store8(px + 16, a2);
+            // 4-byte stores: the spare byte is the next pixel's, written later;
+            // the last pixel of a row gets 3 (its 4th byte is the next row's).
+            if (x + 1 < out_w) {
+                for (int r = 0; r < n; ++r) std::memcpy(out + r * row_len + 3 * x, px + 3 * r, 4);
+            } else {
+                for (int r = 0; r < n; ++r) std::memcpy(out + r * row_len + 3 * x, px + 3 * r, 3);
+            }
+        }
+    }
+}
+
+// Vertical pass: `rows` points at source row `y_first` of packed RGB rows,
+// `row_stride` bytes apart (negative for flipped images); each output row has
+// width * 3 values. Works on 32 values at a time so that the accumulators stay
+// in registers across the taps.
+WBC_HOT void vertical_pass(const std::uint8_t* rows, std::ptrdiff_t row_stride, const Taps& taps, int y_first,
+                           int out_h, int width, std::uint8_t* dst) {
+    const std::size_t row_len = static_cast<std::size_t>(width) * 3;
+    const std::size_t blocked = row_len - row_len % 32;
+    for (int y = 0; y < out_h; ++y) {
+        const std::int32_t* k = &taps.k[static_cast<std::size_t>(y) * taps.ksize];
+        const std::uint8_t* src = rows + (taps.first[y] - y_first) * row_stride;
+        const int count = taps.count[y];
+        std::uint8_t* out = dst + y * row_len;
+        for (std::size_t i = 0; i < blocked; i += 32) {
+            v8i a0 = {}, a1 = {}, a2 = {}, a3 = {};
+            a0 += kHalf;
+            a1 += kHalf;
+            a2 += kHalf;
+            a3 += kHalf;
+            const std::uint8_t* p = src + i;
+            for (int t = 0; t < count; ++t, p += row_stride) {
+                const std::int32_t w = k[t];
+                a0 += load8(p) * w;
+                a1 += load8(p + 8) * w;
+                a2 += load8(p + 16) * w;
+                a3 += load8(p + 24) * w;
+            }
+            store8(out + i, a0);
+            store8(out + i + 8, a1);
+            store8(out + i + 16, a2);
+            store8(out + i + 24, a3);
+        }
+        for (std::size_t i = blocked; i < row_len; ++i) {
+            std::int32_t acc = kHalf;
+            for (int t = 0; t < count; ++t) acc += src[t * row_stride + i] * k[t];
+            out[i] = clip8(acc);
+        }
+    }
+}
+
+}  // namespace
+
+Taps compute_taps(int in_size, float in0, float in1, int out_size) {
+    // Mirrors Pillow's precompute_coeffs() and normalize_coeffs_8bpc().
+    const double scale = static_cast<double>(in1 - in0) / out_size;
+    const double filterscale = scale < 1.0 ? 1.0 : scale;
+    const double support = 1.0 * filterscale;  // bilinear support is 1
+    Taps taps;
+    taps.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+    taps.first.resize(out_size);
+    taps.count.resize(out_size);
+    taps.k.assign(static_cast<std::size_t>(out_size) * taps.ksize, 0);
+    std::vector<double> w(taps.ksize);
+    for (int xx = 0; xx < out_size; ++xx) {
+        const double center = in0 + (xx + 0.5) * scale;
+        const double ss = 1.0 / filterscale;
+        int xmin = static_cast<int>(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        int xmax = static_cast<int>(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double ww = 0.0;
+        for (int x = 0; x < xmax; ++x) {
+            w[x] = bilinear_filter((x + xmin - center + 0.5) * ss);
+            ww += w[x];
+        }
+        for (int x = 0; x < xmax; ++x) {
+            if (ww != 0.0) w[x] /= ww;
+            const double f = w[x] * (1 << kPrecisionBits);
+            taps.k[static_cast<std::size_t>(xx) * taps.ksize + x] =
+                static_cast<std::int32_t>(w[x] < 0 ? -0.5 + f : 0.5 + f);
+        }
+        taps.first[xx] = xmin;
+        taps.count[xx] = std::max(xmax, 0);
+    }
+    return taps;
+}
+
+void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
+                std::uint8_t* dst, Scratch& scratch) {
+    // The same pass selection and order as Pillow's ImagingResampleInner().
+    const bool need_h = out_w != src.width || box.x0 != 0 || box.x1 != out_w;
+    const bool need_v = out_h != src.height || box.y0 != 0 || box.y1 != out_h;
+    // Pillow >= 13 runs the vertical pass first when the height shrinks more
+    // than twice as much as the width (earlier versions: always horizontal).
+    const bool horizontal_first = !((src.height - out_h) > 0 && (src.height - out_h) > (src.width - out_w) * 2);
+    const Taps vtaps = compute_taps(src.height, box.y0, box.y1, out_h);
+    const int y_first = vtaps.first[0];
+    const int y_last = vtaps.first[out_h - 1] + vtaps.count[out_h - 1];
+
+    // Source rows [y_first, y_last) as packed RGB: the image itself when it
+    // already is, else converted into scratch.
+    const std::uint8_t* rows;
+    std::ptrdiff_t row_stride;
+    auto packed_rows = [&](std::uint8_t* target) {
+        const std::size_t len = static_cast<std::size_t>(src.width) * 3;
+        for (int y = y_first; y < y_last; ++y) load_rgb_row(src, y, target + (y - y_first) * len);
+    };
+
+    if (!need_v) {  // horizontal only, or a plain copy
+        if (need_h) {
+            horizontal_pass(src, compute_taps(src.width, box.x0, box.x1, out_w), 0, out_h, out_w, dst, scratch);
+        } else {
+            packed_rows(dst);
+        }
+        return;
+    }
+    if (need_h && horizontal_first) {
+        scratch.rows.resize(static_cast<std::size_t>(y_last - y_first) * out_w * 3);
+        horizontal_pass(src, compute_taps(src.width, box.x0, box.x1, out_w), y_first, y_last, out_w,
+                        scratch.rows.data(), scratch);
+        vertical_pass(scratch.rows.data(), static_cast<std::ptrdiff_t>(out_w) * 3, vtaps, y_first, out_h, out_w, dst);
+        return;
+    }
+    // Vertical pass on the source rows (then horizontal, if needed).
+    if (src.channels == 3 && src.col_stride == 3 && src.channel_stride == 1) {
+        rows = src.data + static_cast<std::ptrdiff_t>(y_first) * src.row_stride;
+        row_stride = src.row_stride;
+    } else {
+        scratch.rows.resize(static_cast<std::size_t>(y_last - y_first) * src.width * 3);
+        packed_rows(scratch.rows.data());
+        rows = scratch.rows.data();
+        row_stride = static_cast<std::ptrdiff_t>(src.width) * 3;
+    }
+    if (!need_h) {
+        vertical_pass(rows, row_stride, vtaps, y_first, out_h, src.width, dst);
+        return;
+    }
+    scratch.columns.resize(static_cast<std::size_t>(out_h) * src.width * 3);
+    vertical_pass(rows, row_stride, vtaps, y_first, out_h, src.width, scratch.columns.data());
+    const ImageView shrunk{scratch.columns.data(), out_h, src.width, 3, static_cast<std::ptrdiff_t>(src.width) * 3, 3, 1};
+    horizontal_pass(shrunk, compute_taps(src.width, box.x0, box.x1, out_w), 0, out_h, out_w, dst, scratch);
+}
+
+}  // namespace wbc

@@ -1,0 +1,54 @@
+// Antialiased bilinear resampling of 8-bit images, bit-exact with Pillow's
+// Image.resize(size, Image.BILINEAR, box) (src/libImaging/Resample.c, Pillow
+// 13): the same filter coefficients, the same 22-bit fixed point, the same two
+// passes in the same order with an 8-bit image in between.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace wbc {
+
+// A read-only view of one source image: `channels` is 1 (gray), 3 (RGB) or
+// 4 (RGBA, alpha ignored). Strides are in bytes and may be negative.
+struct ImageView {
+    const std::uint8_t* data;
+    int height;
+    int width;
+    int channels;
+    std::ptrdiff_t row_stride;
+    std::ptrdiff_t col_stride;
+    std::ptrdiff_t channel_stride;
+};
+
+// The source region to resample, in source pixel coordinates (Pillow's `box`).
+// Pillow keeps these as float, which matters for exact results.
+struct Box {
+    float x0, y0, x1, y1;
+};
+
+// Filter taps of a 1-D resampling: for output i, `count[i]` taps starting at
+// source index `first[i]`, weights k[i * ksize + t] in 22-bit fixed point.
+struct Taps {
+    int ksize = 0;
+    std::vector<int> first;
+    std::vector<int> count;
+    std::vector<std::int32_t> k;
+};
+
+Taps compute_taps(int in_size, float in0, float in1, int out_size);
+
+// Per-thread scratch memory, reused across images to avoid allocations.
+struct Scratch {
+    std::vector<std::uint8_t> strip;      // a strip of source rows, column-major
+    std::vector<std::uint8_t> rows;       // rows between the passes, or converted to RGB
+    std::vector<std::uint8_t> columns;    // the vertical pass's output when it runs first
+};
+
+// Resizes `src` (the region `box` of it) to out_h x out_w RGB, writing
+// out_h * out_w * 3 bytes, C-contiguous, to `dst`.
+void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
+                std::uint8_t* dst, Scratch& scratch);
+
+}  // namespace wbc

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real cell images shipped with the tests, and the full
+PBC dataset where the environment names it (WBC_EDGE_PBC_DIR)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+SAMPLE_DIR = TESTS / "data" / "pbc-sample"
+SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"
+REPO = TESTS.parent
+
+
+def sample_rows(split: str | None = None) -> list[dict]:
+    with open(SAMPLE_MANIFEST, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_manifest() -> Path:
+    return SAMPLE_MANIFEST
+
+
+@pytest.fixture(scope="session")
+def sample_paths() -> list[Path]:
+    return [SAMPLE_DIR / r["path"] for r in sample_rows()]
+
+
+@pytest.fixture(scope="session")
+def cell_images(sample_paths) -> list[np.ndarray]:
+    """All shipped sample images, decoded to RGB uint8 arrays with Pillow."""
+    from PIL import Image
+
+    images = []
+    for path in sample_paths:
+        with Image.open(path) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    return images
+
+
+@pytest.fixture(scope="session")
+def pbc_dir() -> Path:
+    """The full PBC dataset, for tests that need more than the shipped sample."""
+    value = os.environ.get("WBC_EDGE_PBC_DIR")
+    if not value or not (Path(value) / "manifest.csv").is_file():
+        pytest.skip("the full PBC dataset is not available: set WBC_EDGE_PBC_DIR to its folder (with manifest.csv)")
+    return Path(value)

@@ -1,0 +1,276 @@
+"""Training a ResNet-18 on cell images, with resumable checkpoints.
+
+Every epoch writes ``last.pt`` atomically (model, optimizer, scheduler, epoch,
+RNG states, classes and preprocessing); the best epoch by validation balanced
+accuracy is kept apart in ``best.pt``; ``history.json`` records every epoch.
+After the last epoch a temperature is fitted on the validation split and stored
+in ``best.pt``'s metadata, so every backend reports calibrated confidences.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wbc_edge.metadata import ModelMetadata
+from wbc_edge.preprocess import default_num_threads
+
+from .augment import AugmentConfig, augment
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
+from .deployable import DeployableModel
+from .metrics import classification_report, expected_calibration_error, softmax
+from .resnet import resnet18
+from .temperature import fit_temperature
+
+BALANCE_MODES = ("none", "weights", "sampling")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    manifest: str | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-5
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    balance: str = "weights"
+    input_size: tuple[int, int] = (128, 128)
+    resize_policy: str = "stretch"
+    val_fraction: float = 0.1  # used when the data has no 'val' split
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, val). A manifest's 'train'/'val' splits are used as they are (the
+    'test' split is never touched); otherwise a stratified, seeded split."""
+    if any(s.split for s in samples):
+        train = [s for s in samples if s.split == "train"]
+        val = [s for s in samples if s.split == "val"]
+        if not train or not val:
+            raise DatasetError("the manifest needs both 'train' and 'val' rows in its split column")
+        return train, val
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in class_names(samples):
+        group = [s for s in samples if s.label == label]
+        rng.shuffle(group)
+        n_val = max(1, round(len(group) * val_fraction)) if len(group) > 1 else 0
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 NHWC images, on the [0, 1] scale."""
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return x.mean(axis=0).round(4).tolist(), x.std(axis=0).round(4).tolist()
+
+
+@torch.no_grad()
+def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, device: str = "cpu",
+                   batch_size: int = 256) -> np.ndarray:
+    """Logits for uint8 NHWC images through the deployed input path."""
+    model = DeployableModel(net, mean, std).to(device).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+        out.append(model(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the summary also written to
+    ``<out>/summary.json``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(default_num_threads())
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.balance not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}")
+
+    train_samples, val_samples = split_samples(read_samples(cfg.data, cfg.manifest), cfg.val_fraction, cfg.seed)
+    classes = class_names(train_samples)
+    size = tuple(cfg.input_size)
+    train_set = load_images(train_samples, classes, size, cfg.resize_policy, progress=cfg.progress,
+                            desc="reading train images")
+    val_set = load_images(val_samples, classes, size, cfg.resize_policy, progress=cfg.progress,
+                          desc="reading val images")
+    skipped = train_set.errors + val_set.errors
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images:")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+    if len(train_set) < cfg.batch_size:
+        raise DatasetError(f"only {len(train_set)} readable training images, fewer than one batch ({cfg.batch_size})")
+
+    mean, std = channel_stats(train_set.images)
+    meta = ModelMetadata(classes=classes, input_size=size, mean=mean, std=std, resize_policy=cfg.resize_policy,
+                         format="checkpoint", extra={"architecture": "resnet18"})
+
+    device = torch.device(cfg.device)
+    model = resnet18(num_classes=len(classes)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(max(1, int(cfg.warmup_epochs * steps_per_epoch)), cfg.epochs * steps_per_epoch))
+
+    counts = train_set.class_counts().astype(np.float64)
+    class_weights = None
+    if cfg.balance == "weights":
+        class_weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
+                                     device=device)
+    sample_weights = torch.from_numpy(1.0 / np.maximum(counts, 1))[torch.from_numpy(train_set.labels)]
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start_epoch = 0
+    if cfg.resume and (out / "last.pt").exists():
+        state = load_checkpoint(out / "last.pt")
+        if state.get("meta", {}).get("classes") != classes:
+            raise CheckpointError(f"{out / 'last.pt'}: its classes differ from the data's; cannot resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        start_epoch, history, best = state["epoch"], state["history"], state.get("best")
+        print(f"resuming from {out / 'last.pt'} after epoch {start_epoch}")
+
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    config_record = {**asdict(cfg), "input_size": list(size)}
+    for epoch in range(start_epoch, cfg.epochs):
+        # One generator per epoch, seeded from (seed, epoch): data order and
+        # augmentation are the same whether or not the run was resumed.
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        if cfg.balance == "sampling":
+            order = torch.multinomial(sample_weights, len(train_set), replacement=True, generator=gen)
+        else:
+            order = torch.randperm(len(train_set), generator=gen)
+        model.train()
+        started = time.time()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress)
+        for step in bar:
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
+            x = augment(torch.from_numpy(train_set.images[idx]), cfg.augment, gen).to(device)
+            x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(train_set.labels[idx]).to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        train_seconds = time.time() - started
+
+        val_logits = predict_logits(model, val_set.images, mean, std, cfg.device)
+        report = classification_report(val_set.labels, softmax(val_logits), classes)
+        entry = {
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_accuracy": report["accuracy"],
+            "val_balanced_accuracy": report["balanced_accuracy"],
+            "val_ece": report["ece"],
+            "epoch_seconds": round(train_seconds, 1),
+        }
+        history.append(entry)
+        improved = best is None or entry["val_balanced_accuracy"] > best["val_balanced_accuracy"]
+        if improved:
+            best = dict(entry)
+        print(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, val acc {entry['val_accuracy']:.4f}, "
+              f"val balanced acc {entry['val_balanced_accuracy']:.4f}, {train_seconds:.0f} s"
+              + (" (best)" if improved else ""), flush=True)
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "meta": meta.to_dict(),
+            "history": history,
+            "best": best,
+            "config": config_record,
+            "rng": _rng_state(),
+        }
+        save_checkpoint(payload, out / "last.pt")
+        if improved:
+            save_checkpoint(payload, out / "best.pt")
+        _write_json(out / "history.json", history)
+
+    return _finish(out, val_set, classes, mean, std, skipped, cfg)
+
+
+def _finish(out: Path, val_set: ImageSet, classes, mean, std, skipped, cfg: TrainConfig) -> dict[str, Any]:
+    """Fits the temperature on the validation split into ``best.pt``."""
+    state = load_checkpoint(out / "best.pt")
+    model = resnet18(num_classes=len(classes))
+    model.load_state_dict(state["model"])
+    logits = predict_logits(model, val_set.images, mean, std, cfg.device)
+    temperature = fit_temperature(logits, val_set.labels)
+    ece_before = expected_calibration_error(softmax(logits), val_set.labels)
+    ece_after = expected_calibration_error(softmax(logits, temperature), val_set.labels)
+    state["meta"]["temperature"] = temperature
+    state["calibration"] = {"temperature": temperature, "val_ece_before": ece_before, "val_ece_after": ece_after}
+    save_checkpoint(state, out / "best.pt")
+    summary = {
+        "best_epoch": state["best"],
+        "epochs_run": len(json.loads((out / "history.json").read_text())),
+        "classes": classes,
+        "input_size": list(cfg.input_size),
+        "mean": mean,
+        "std": std,
+        "temperature": temperature,
+        "val_ece_before": ece_before,
+        "val_ece_after": ece_after,
+        "skipped_images": [{"path": p, "reason": r} for p, r in skipped],
+        "mean_epoch_seconds": float(np.mean([h["epoch_seconds"] for h in state["history"]] or [0.0])),
+    }
+    _write_json(out / "summary.json", summary)
+    print(f"temperature {temperature:.3f}: val ECE {ece_before:.4f} -> {ece_after:.4f}; best model: {out / 'best.pt'}")
+    return summary

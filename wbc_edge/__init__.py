@@ -1,0 +1,11 @@
+"""wbc-edge: white-blood-cell classification at the edge.
+
+``import wbc_edge`` stays light (numpy, Pillow and the C++ extension); torch,
+onnx and tensorrt are imported only by the backend or command that needs them.
+"""
+
+from .preprocess import preprocess_batch
+
+__version__ = "0.1.0"
+
+__all__ = ["preprocess_batch", "__version__"]

@@ -1,0 +1,57 @@
+"""Backends: one module per inference library, each imported only when used.
+
+``load_runner(path, backend="auto")`` picks by the artifact: a TensorRT engine
+runs on TensorRT, an ONNX model on ONNX Runtime, a checkpoint on PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from ..errors import MissingDependencyError, WbcEdgeError
+from .base import Runner
+
+BACKENDS = ("tensorrt", "onnxruntime", "torch")
+
+# backend -> (module in wbc_edge.backends, runner class, the library it needs, install hint)
+_REGISTRY = {
+    "tensorrt": ("tensorrt", "TensorRTRunner", "tensorrt", "pip install 'wbc-edge[tensorrt]' (and an NVIDIA GPU and driver)"),
+    "onnxruntime": ("onnxruntime", "OnnxRuntimeRunner", "onnxruntime", "pip install onnxruntime"),
+    "torch": ("torch", "TorchRunner", "torch", "pip install 'wbc-edge[torch]'"),
+}
+
+# artifact suffix -> backend that runs it
+_BY_SUFFIX = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"}
+
+
+def backend_for(path: str | os.PathLike) -> str:
+    """The backend that runs an artifact, from its file name."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _BY_SUFFIX:
+        raise WbcEdgeError(f"{path}: unknown model type '{suffix}'; expected one of {sorted(_BY_SUFFIX)}")
+    return _BY_SUFFIX[suffix]
+
+
+def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Runner:
+    """A runner for the artifact at ``path``. ``options`` go to the runner
+    (for example ``providers=`` for onnxruntime, ``device=`` for torch)."""
+    if backend == "auto":
+        backend = backend_for(path)
+    if backend not in _REGISTRY:
+        raise WbcEdgeError(f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'")
+    expected = backend_for(path)
+    if expected != backend:
+        raise WbcEdgeError(f"{path}: a {Path(path).suffix} file runs on the {expected} backend, not {backend}")
+    module_name, class_name, library, install = _REGISTRY[backend]
+    if importlib.util.find_spec(library) is None:
+        raise MissingDependencyError(f"the {backend} backend needs '{library}', which", install)
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name)(path, **options)
+
+
+def library_available(backend: str) -> bool:
+    """Whether the backend's library is installed (not whether it can run here)."""
+    return importlib.util.find_spec(_REGISTRY[backend][2]) is not None

@@ -1,0 +1,72 @@
+"""ONNX Runtime backend: the embedded default that runs anywhere.
+
+Runs the FP32, FP16 and INT8 (Q/DQ) ONNX models. Providers are an explicit
+choice, as in ``onnxruntime.InferenceSession``; by default the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import WbcEdgeError, require
+from ..metadata import ONNX_METADATA_KEY, resolve_metadata
+from ..preprocess import default_num_threads
+from .base import Runner
+
+INSTALL = "pip install onnxruntime  (or onnxruntime-gpu for CUDA, never both)"
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 num_threads: int | None = None):
+        ort = require("onnxruntime", "ONNX Runtime", INSTALL)
+        path = Path(path)
+        if not path.is_file():
+            raise WbcEdgeError(f"{path}: ONNX model not found")
+        available = ort.get_available_providers()
+        providers = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise WbcEdgeError(f"ONNX Runtime providers {missing} are not available here; available: {available}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or default_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WbcEdgeError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        super().__init__(resolve_metadata(path, embedded))
+        self.path = path
+        self.providers = self.session.get_providers()
+        self._check_io()
+
+    def _check_io(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)":
+            raise WbcEdgeError(f"{self.path}: expected one uint8 input [N, H, W, 3], found "
+                               f"{[(i.name, i.type, i.shape) for i in inputs]}")
+        shape = inputs[0].shape
+        if len(shape) != 4 or tuple(shape[1:]) != self.input_shape:
+            raise WbcEdgeError(f"{self.path}: input shape {shape} does not match the metadata's "
+                               f"[N, {', '.join(map(str, self.input_shape))}]")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is thread-safe: no lock needed.
+        (logits,) = self.session.run([self.output_name], {self.input_name: images})
+        return np.asarray(logits, dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers, "model": str(self.path)}

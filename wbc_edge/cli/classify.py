@@ -1,0 +1,9 @@
+"""(placeholder: being written)"""
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    raise NotImplementedError("wbc-edge classify is not written yet")

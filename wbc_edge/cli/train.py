@@ -1,0 +1,54 @@
+"""Train a ResNet-18 (from scratch) on cell images.
+
+The data is a folder per class (DATA/<label>/<image>) or a manifest CSV with
+columns path,label[,split]; with a split column, 'train' rows train and 'val'
+rows choose the best epoch ('test' rows are never read). Images go through the
+exact inference preprocessing, then training-only augmentation (flips, 90-degree
+rotations, small rotations and zoom, colour/stain jitter).
+
+Writes to --out: last.pt (every epoch, atomically; --resume continues from it),
+best.pt (best validation balanced accuracy, with the fitted temperature),
+history.json and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import require
+
+TORCH_INSTALL = "pip install 'wbc-edge[train]'  (PyTorch CPU: torch==2.13.0)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="folder per class, or the root of a manifest's relative paths")
+    parser.add_argument("--manifest", help="CSV with path,label[,split]")
+    parser.add_argument("--out", required=True, help="output folder for checkpoints and history")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warmup then cosine)")
+    parser.add_argument("--weight-decay", type=float, default=5e-5)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--balance", choices=["none", "weights", "sampling"], default="weights",
+                        help="class balancing: loss weights, balanced sampling, or none")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(128, 128))
+    parser.add_argument("--resize-policy", choices=["stretch", "center_crop"], default="stretch")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="stratified validation share when the data has no 'val' split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    require("torch", "PyTorch", TORCH_INSTALL)
+    from wbc_edge.training.train import TrainConfig, train
+
+    train(TrainConfig(
+        data=args.data, manifest=args.manifest, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
+        input_size=tuple(args.input_size), resize_policy=args.resize_policy, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
+    ))
+    return 0

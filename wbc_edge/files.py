@@ -1,0 +1,34 @@
+"""Finding image files on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+#: File name endings treated as images when a folder is scanned (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root``, recursively, in a stable (sorted) order.
+    Other files are ignored; unreadable sub-folders are skipped."""
+    found = []
+    for folder, subfolders, names in os.walk(root, onerror=lambda error: None, followlinks=False):
+        subfolders.sort()
+        found.extend(Path(folder) / name for name in sorted(names) if is_image_name(name))
+    return found
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files stay as given (whatever their name: a file named explicitly is
+    read, and reported if it is no image); folders become the images inside."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        paths.extend(find_images(path) if path.is_dir() else [path])
+    return paths

@@ -1,0 +1,178 @@
+"""Model metadata: what a model artifact means and how its inputs are made.
+
+Every artifact (checkpoint, ONNX, engine) carries or sits beside one of these
+records (``model.onnx`` -> ``model.json``). Loading compares them so that a
+model is never run with the wrong labels, input size or normalization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MetadataError
+from .preprocess import RESIZE_POLICIES
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FORMATS = ("checkpoint", "onnx", "engine")
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelMetadata:
+    """The facts about a model that its users depend on."""
+
+    classes: list[str]
+    input_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_policy: str = "stretch"
+    temperature: float = 1.0  # logits / temperature = calibrated logits
+    precision: str = "fp32"
+    format: str = "onnx"
+    name: str = "wbc-resnet18"
+    #: sha256 of the artifact this one was made from (checkpoint -> ONNX -> engine)
+    source_sha256: str | None = None
+    #: precision-specific facts (calibration method and images, quantization target...)
+    quantization: dict[str, Any] | None = None
+    #: engines only: TensorRT version, GPU, compute capability, batch profile, flags
+    tensorrt: dict[str, Any] | None = None
+    #: anything else worth keeping (training run, metrics...)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        self.classes = list(self.classes)
+        self.input_size = tuple(int(v) for v in self.input_size)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        self.temperature = float(self.temperature)
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self) -> None:
+        """Raises MetadataError naming the first inconsistent field."""
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise MetadataError(f"classes must be a non-empty list of distinct names, got {self.classes}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise MetadataError(f"input_size must be (H, W) >= 1, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise MetadataError(f"mean/std need 3 values each, std > 0; got {self.mean} / {self.std}")
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise MetadataError(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
+        if not self.temperature > 0:
+            raise MetadataError(f"temperature must be positive, got {self.temperature}")
+        if self.precision not in PRECISIONS:
+            raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.format not in FORMATS:
+            raise MetadataError(f"format must be one of {FORMATS}, got {self.format!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [name for name in ("classes", "input_size", "mean", "std") if name not in data]
+        if missing:
+            raise MetadataError(f"metadata lacks {', '.join(missing)}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise MetadataError(
+                f"metadata schema {version} is newer than this wbc-edge understands ({SCHEMA_VERSION}); upgrade wbc-edge"
+            )
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as error:
+            raise MetadataError(f"invalid metadata: {error}") from None
+
+    def replace(self, **changes) -> "ModelMetadata":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the JSON record atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelMetadata":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MetadataError(f"{path}: metadata file not found") from None
+        except (OSError, ValueError) as error:
+            raise MetadataError(f"{path}: cannot read metadata ({error})") from None
+        if not isinstance(data, dict):
+            raise MetadataError(f"{path}: metadata must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except MetadataError as error:
+            raise MetadataError(f"{path}: {error}") from None
+
+    def check_compatible(self, other: "ModelMetadata", what: str = "model") -> None:
+        """Refuses a model whose classes, input size, normalization or resize
+        policy differ from ``other`` (for example an artifact and its sidecar)."""
+        for name in ("classes", "input_size", "mean", "std", "resize_policy"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                raise MetadataError(f"{what}: {name} mismatch: {mine} vs {theirs}")
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """Where an artifact's metadata lives: ``model.onnx`` -> ``model.json``."""
+    return Path(artifact).with_suffix(".json")
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: The ONNX ``metadata_props`` key under which the metadata JSON is embedded.
+ONNX_METADATA_KEY = "wbc_edge"
+
+
+def resolve_metadata(artifact: str | os.PathLike, embedded_json: str | None) -> ModelMetadata:
+    """An artifact's metadata from its JSON sidecar and/or the copy embedded in
+    it. Where both exist they must agree on what the model means."""
+    artifact = Path(artifact)
+    sidecar = sidecar_path(artifact)
+    embedded = None
+    if embedded_json:
+        try:
+            embedded = ModelMetadata.from_dict(json.loads(embedded_json))
+        except (ValueError, MetadataError) as error:
+            raise MetadataError(f"{artifact}: embedded metadata is unreadable ({error})") from None
+    if sidecar.is_file():
+        meta = ModelMetadata.load(sidecar)
+        if embedded is not None:
+            meta.check_compatible(embedded, what=f"{artifact} vs {sidecar}")
+        return meta
+    if embedded is not None:
+        return embedded
+    raise MetadataError(
+        f"{artifact}: no metadata: expected {sidecar.name} beside it (classes, input size, normalization); "
+        "models made by 'wbc-edge export' have it"
+    )
