@@ -86,7 +86,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 @torch.no_grad()
-def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, device: str = "cpu",
+def net_logits(net: torch.nn.Module, images: np.ndarray, mean, std, device: str = "cpu",
                    batch_size: int = 256) -> np.ndarray:
     """Logits for uint8 NHWC images through the deployed input path."""
     model = DeployableModel(net, mean, std).to(device).eval()
@@ -208,7 +208,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         train_seconds = time.time() - started
 
-        val_logits = predict_logits(model, val_set.images, mean, std, cfg.device)
+        val_logits = net_logits(model, val_set.images, mean, std, cfg.device)
         report = classification_report(val_set.labels, softmax(val_logits), classes)
         entry = {
             "epoch": epoch + 1,
@@ -251,7 +251,7 @@ def _finish(out: Path, val_set: ImageSet, classes, mean, std, skipped, cfg: Trai
     state = load_checkpoint(out / "best.pt")
     model = resnet18(num_classes=len(classes))
     model.load_state_dict(state["model"])
-    logits = predict_logits(model, val_set.images, mean, std, cfg.device)
+    logits = net_logits(model, val_set.images, mean, std, cfg.device)
     temperature = fit_temperature(logits, val_set.labels)
     ece_before = expected_calibration_error(softmax(logits), val_set.labels)
     ece_after = expected_calibration_error(softmax(logits, temperature), val_set.labels)
