@@ -97,17 +97,21 @@ void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
         }
         return;
     }
-    const std::uint8_t* rows[kStripRows];
-    for (int r = 0; r < n; ++r) rows[r] = s.data + (y0 + r) * s.row_stride;
-    // 4-byte copies: the 4th byte lands in the next slot, which is written
-    // after it (the strip has one spare column). The last pixel of a row is
-    // copied with 3 so as not to read past the image.
+    // Row by row, so the source is read sequentially. 4-byte copies: the 4th
+    // byte lands in the slot of row r + 1, written after it; the strip's last
+    // row and each row's last pixel are copied with 3 (their 4th byte would
+    // overwrite a slot already written, or read past the image).
     const int last = s.width - 1;
-    for (int x = 0; x < last; ++x) {
-        std::uint8_t* col = strip + x * kStripLanes;
-        for (int r = 0; r < n; ++r) std::memcpy(col + 3 * r, rows[r] + x * s.col_stride, 4);
+    for (int r = 0; r < n; ++r) {
+        const std::uint8_t* row = s.data + (y0 + r) * s.row_stride;
+        std::uint8_t* out = strip + 3 * r;
+        if (r + 1 < kStripRows) {
+            for (int x = 0; x < last; ++x) std::memcpy(out + x * kStripLanes, row + x * s.col_stride, 4);
+        } else {
+            for (int x = 0; x < last; ++x) std::memcpy(out + x * kStripLanes, row + x * s.col_stride, 3);
+        }
+        std::memcpy(out + last * kStripLanes, row + last * s.col_stride, 3);
     }
-    for (int r = 0; r < n; ++r) std::memcpy(strip + last * kStripLanes + 3 * r, rows[r] + last * s.col_stride, 3);
 }
 
 // Horizontal pass over source rows [y_first, y_last): writes
