@@ -46,7 +46,7 @@ def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Ru
     if expected != backend:
         raise WbcEdgeError(f"{path}: a {Path(path).suffix} file runs on the {expected} backend, not {backend}")
     module_name, class_name, library, install = _REGISTRY[backend]
-    if importlib.util.find_spec(library) is None:
+    if not library_available(backend):
         raise MissingDependencyError(f"the {backend} backend needs '{library}', which", install)
     module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, class_name)(path, **options)
@@ -54,4 +54,12 @@ def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Ru
 
 def library_available(backend: str) -> bool:
     """Whether the backend's library is installed (not whether it can run here)."""
-    return importlib.util.find_spec(_REGISTRY[backend][2]) is not None
+    library = _REGISTRY[backend][2]
+    # The TensorRT backend also runs on the lean runtime alone (version-compatible engines).
+    alternatives = (library, "tensorrt_lean") if backend == "tensorrt" else (library,)
+    return any(importlib.util.find_spec(name) is not None for name in alternatives)
+
+
+def install_hint(backend: str) -> str:
+    """The command that installs a backend's library."""
+    return _REGISTRY[backend][3]
