@@ -8,4 +8,18 @@ from .preprocess import preprocess_batch
 
 __version__ = "0.1.0"
 
-__all__ = ["preprocess_batch", "__version__"]
+from .classifier import Classifier  # noqa: E402  (after __version__, which reports read)
+from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError  # noqa: E402
+from .prediction import Prediction  # noqa: E402
+from .review import ReviewPolicy  # noqa: E402
+
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "ReviewPolicy",
+    "WbcEdgeError",
+    "MissingDependencyError",
+    "ModelMismatchError",
+    "preprocess_batch",
+    "__version__",
+]

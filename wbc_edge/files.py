@@ -14,11 +14,17 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def find_images(root: str | os.PathLike) -> list[Path]:
+def find_images(root: str | os.PathLike, errors: list | None = None) -> list[Path]:
     """Image files under ``root``, recursively, in a stable (sorted) order.
-    Other files are ignored; unreadable sub-folders are skipped."""
+    Other files are ignored; unreadable sub-folders are skipped, and listed
+    as ``(path, reason)`` in ``errors`` when a list is given."""
     found = []
-    for folder, subfolders, names in os.walk(root, onerror=lambda error: None, followlinks=False):
+
+    def skipped(error: OSError) -> None:
+        if errors is not None:
+            errors.append((Path(error.filename), error.strerror or str(error)))
+
+    for folder, subfolders, names in os.walk(root, onerror=skipped, followlinks=False):
         subfolders.sort()
         found.extend(Path(folder) / name for name in sorted(names) if is_image_name(name))
     return found

@@ -1,0 +1,174 @@
+"""The shipped default model and its precision variants.
+
+The package ships one model in up to four forms, side by side in this folder::
+
+    default.<variant>.onnx   the model
+    default.<variant>.json   its metadata (classes, input size, temperature, ...)
+
+=================  =========  ==========================================================
+variant            precision  for
+=================  =========  ==========================================================
+``fp32``           fp32       the reference; any backend that runs ONNX
+``fp16``           fp16       TensorRT (build an engine from it); slow on CPUs
+``int8-cpu``       int8       onnxruntime on x86 CPUs (uint8 activations, VNNI/AMX)
+``int8-tensorrt``  int8       TensorRT (symmetric Q/DQ; build an engine from it)
+=================  =========  ==========================================================
+
+Which variants an install holds depends on the size budget and the build, so
+every lookup here works with whatever exists and says which command makes a
+missing one. TensorRT engines are never shipped: they belong to one GPU model
+and TensorRT version, and ``wbc-edge build-engine`` makes them on the analyzer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import WbcEdgeError
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_NAME = "default"
+VARIANTS = ("fp32", "fp16", "int8-cpu", "int8-tensorrt")
+
+# The precision of each variant.
+_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-cpu": "int8", "int8-tensorrt": "int8"}
+
+# The default precision per backend, best first; the first shipped one wins.
+# onnxruntime on a CPU: INT8 for CPUs is the fastest (about 2.5x FP32 on ResNet-18
+# with VNNI) within the calibration issue's accuracy bounds; FP16 is last because
+# CPUs emulate it (slower than FP32). TensorRT: INT8, then FP16, then FP32.
+_PREFERENCE = {
+    "onnxruntime": ("int8", "fp32", "fp16"),
+    "tensorrt": ("int8", "fp16", "fp32"),
+}
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped variant of the default model."""
+
+    variant: str
+    path: Path
+    metadata_path: Path
+
+    @property
+    def precision(self) -> str:
+        return _PRECISION[self.variant]
+
+
+def variant_path(variant: str) -> Path:
+    """Where a variant lives (whether or not it is shipped in this install)."""
+    if variant not in VARIANTS:
+        raise WbcEdgeError(f"unknown model variant {variant!r}; variants are {', '.join(VARIANTS)}")
+    return MODELS_DIR / f"{DEFAULT_NAME}.{variant}.onnx"
+
+
+def shipped_models() -> dict[str, ShippedModel]:
+    """The variants present in this install (model and metadata both), in
+    :data:`VARIANTS` order."""
+    found = {}
+    for variant in VARIANTS:
+        path = variant_path(variant)
+        metadata_path = path.with_suffix(".json")
+        if path.is_file() and metadata_path.is_file():
+            found[variant] = ShippedModel(variant, path, metadata_path)
+    return found
+
+
+def variant_for(precision: str, backend: str) -> str:
+    """The shipped variant that gives ``precision`` on ``backend``."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise WbcEdgeError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+    if precision != "int8":
+        return precision
+    return "int8-tensorrt" if backend == "tensorrt" else "int8-cpu"
+
+
+def default_precision(backend: str = "onnxruntime") -> str:
+    """The precision used when none is asked for: the fastest shipped one for
+    the backend (on CPU: INT8 if ``int8-cpu`` is shipped, else FP32)."""
+    shipped = shipped_models()
+    for precision in _PREFERENCE.get(backend, _PREFERENCE["onnxruntime"]):
+        if variant_for(precision, backend) in shipped:
+            return precision
+    raise _no_default_model()
+
+
+def resolve_model(model: str | os.PathLike | None = None, precision: str | None = None,
+                  backend: str = "auto") -> Path:
+    """The model file to load.
+
+    ``model`` given: that file (which must exist); ``precision`` may not also
+    be given unless ``model`` is a PyTorch checkpoint (whose FP16 is computed at
+    run time): an ONNX model or engine has its precision built in.
+
+    ``model=None``: the shipped variant for ``precision`` on ``backend``
+    (``auto`` and ``onnxruntime``: the ONNX variants; ``tensorrt``: an engine
+    must be built first, and the error says how).
+
+    Raises:
+        WbcEdgeError: saying what is missing and the command that makes it.
+    """
+    if model is not None:
+        path = Path(model)
+        if not path.exists():
+            raise WbcEdgeError(f"{path}: model file not found")
+        if path.is_dir():
+            raise WbcEdgeError(f"{path}: is a directory; pass a model file (.onnx, .engine, .pt)")
+        if precision is not None and path.suffix.lower() not in (".pt", ".pth"):
+            raise WbcEdgeError(
+                f"--precision picks a shipped variant of the default model, but {path.name} already has its "
+                "precision built in; pass either a model or a precision"
+            )
+        return path
+
+    if backend == "torch":
+        raise WbcEdgeError(
+            "the torch backend runs PyTorch checkpoints, and the shipped default model is ONNX: pass a "
+            "checkpoint (model='runs/r18/best.pt', --model on the command line), or use backend 'onnxruntime'"
+        )
+    target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    if precision is None:
+        precision = default_precision(target)
+    variant = variant_for(precision, target)
+    shipped = shipped_models()
+    if target == "tensorrt":
+        onnx = shipped[variant].path if variant in shipped else variant_path(variant)
+        made = "" if variant in shipped else f" (first make {onnx.name}: {make_command(variant)})"
+        raise WbcEdgeError(
+            "TensorRT runs engines, which are built on (and for) the GPU they run on, so none is shipped. "
+            f"Build one from the shipped {variant} model{made}:\n"
+            f"  wbc-edge build-engine --onnx {onnx} --out default.{precision}.engine\n"
+            f"then pass it: --model default.{precision}.engine (Classifier.load('default.{precision}.engine'))"
+        )
+    if variant not in shipped:
+        if not shipped:
+            raise _no_default_model()
+        raise WbcEdgeError(
+            f"the {precision} variant of the default model ({variant}) is not shipped in this install "
+            f"(shipped: {', '.join(shipped)}). Make it with:\n  {make_command(variant)}\n"
+            f"and pass it with --model (Classifier.load(model=...))"
+        )
+    return shipped[variant].path
+
+
+def make_command(variant: str) -> str:
+    """The command that makes a variant from the FP32 model."""
+    fp32 = variant_path("fp32")
+    out = f"default.{variant}.onnx"
+    if variant == "fp32":
+        return "wbc-edge export --checkpoint runs/r18/best.pt --out default.fp32.onnx"
+    if variant == "fp16":
+        return f"wbc-edge calibrate --onnx {fp32} --precision fp16 --data DATA --out {out}"
+    target = "cpu" if variant == "int8-cpu" else "tensorrt"
+    return (f"wbc-edge calibrate --onnx {fp32} --precision int8 --target {target} "
+            f"--data DATA --manifest DATA/manifest.csv --out {out}")
+
+
+def _no_default_model() -> WbcEdgeError:
+    return WbcEdgeError(
+        f"no default model is shipped in this install ({MODELS_DIR} holds no default.<variant>.onnx with its "
+        f".json); reinstall wbc-edge, or pass a model file (--model PATH, Classifier.load(model=...))"
+    )

@@ -1,0 +1,142 @@
+"""Finding the shipped model variants, and loading errors that say what to do.
+
+The lookups run against a temporary models folder holding real model files
+(links to the shipped FP32 ONNX) with real metadata, so every combination of
+shipped variants can be checked whatever this install ships."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import wbc_edge.models as models
+from wbc_edge import Classifier, MissingDependencyError, WbcEdgeError
+from wbc_edge.backends import library_available
+from wbc_edge.errors import MetadataError, ModelMismatchError
+
+SHIPPED = models.shipped_models()
+needs_model = pytest.mark.skipif(not SHIPPED, reason="this install ships no default model")
+
+
+def fake_models(tmp_path, monkeypatch, variants, precision_of=None):
+    """A models folder with these variants: the shipped FP32 ONNX (linked)
+    and its metadata with the variant's precision."""
+    source = SHIPPED.get("fp32") or next(iter(SHIPPED.values()))
+    meta = json.loads(source.metadata_path.read_text())
+    for variant in variants:
+        (tmp_path / f"default.{variant}.onnx").symlink_to(source.path)
+        meta["precision"] = (precision_of or {}).get(variant, models._PRECISION[variant])
+        (tmp_path / f"default.{variant}.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    return tmp_path
+
+
+@needs_model
+def test_only_fp32_shipped(tmp_path, monkeypatch):
+    folder = fake_models(tmp_path, monkeypatch, ["fp32"])
+    assert list(models.shipped_models()) == ["fp32"]
+    assert models.default_precision("onnxruntime") == "fp32"
+    assert models.resolve_model() == folder / "default.fp32.onnx"
+    with pytest.raises(WbcEdgeError, match="int8-cpu.*not shipped") as error:
+        models.resolve_model(precision="int8")
+    assert "wbc-edge calibrate" in str(error.value) and "--target cpu" in str(error.value)
+    with pytest.raises(WbcEdgeError, match="--precision fp16"):
+        models.resolve_model(precision="fp16")
+
+
+@needs_model
+def test_int8_cpu_is_the_cpu_default_when_shipped(tmp_path, monkeypatch):
+    folder = fake_models(tmp_path, monkeypatch, ["fp32", "fp16", "int8-cpu", "int8-tensorrt"])
+    assert models.default_precision("onnxruntime") == "int8"
+    assert models.resolve_model() == folder / "default.int8-cpu.onnx"
+    assert models.resolve_model(precision="int8", backend="onnxruntime") == folder / "default.int8-cpu.onnx"
+    assert models.resolve_model(precision="fp16") == folder / "default.fp16.onnx"
+    assert models.resolve_model(precision="fp32") == folder / "default.fp32.onnx"
+
+
+@needs_model
+def test_tensorrt_asks_for_an_engine_built_from_the_variant(tmp_path, monkeypatch):
+    folder = fake_models(tmp_path, monkeypatch, ["fp32", "int8-tensorrt"])
+    with pytest.raises(WbcEdgeError, match="wbc-edge build-engine") as error:
+        models.resolve_model(precision="int8", backend="tensorrt")
+    assert str(folder / "default.int8-tensorrt.onnx") in str(error.value)
+    with pytest.raises(WbcEdgeError, match="build-engine"):
+        models.resolve_model(backend="tensorrt")  # default on TensorRT: int8
+
+
+def test_no_model_shipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    with pytest.raises(WbcEdgeError, match="no default model is shipped"):
+        models.resolve_model()
+
+
+def test_explicit_model_checks(tmp_path):
+    with pytest.raises(WbcEdgeError, match="not found"):
+        models.resolve_model(tmp_path / "nope.onnx")
+    with pytest.raises(WbcEdgeError, match="directory"):
+        models.resolve_model(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(WbcEdgeError, match="either a model or a precision"):
+        models.resolve_model(tmp_path / "m.onnx", precision="int8")
+
+
+def test_torch_backend_needs_a_checkpoint():
+    with pytest.raises(WbcEdgeError, match="checkpoint"):
+        models.resolve_model(backend="torch")
+
+
+@needs_model
+def test_shipped_variant_whose_metadata_contradicts_its_name_is_refused(tmp_path, monkeypatch):
+    fake_models(tmp_path, monkeypatch, ["fp32", "int8-cpu"], precision_of={"int8-cpu": "fp32"})
+    with pytest.raises(ModelMismatchError, match="int8-cpu.*precision fp32"):
+        Classifier.load(precision="int8")
+
+
+@needs_model
+def test_model_whose_metadata_names_other_classes_is_refused(tmp_path):
+    source = SHIPPED.get("fp32") or next(iter(SHIPPED.values()))
+    meta = json.loads(source.metadata_path.read_text())
+    meta["classes"] = meta["classes"][:-1]  # one class fewer than the model outputs
+    (tmp_path / "model.onnx").symlink_to(source.path)
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises((ModelMismatchError, MetadataError), match="classes"):
+        Classifier.load(tmp_path / "model.onnx")
+
+
+@pytest.mark.skipif(library_available("tensorrt"),
+                    reason="a TensorRT runtime (tensorrt or tensorrt_lean) is installed here, so it is not missing")
+def test_explicit_backend_not_installed_says_how_to_install():
+    with pytest.raises(MissingDependencyError, match="pip install"):
+        Classifier.load(backend="tensorrt")
+
+
+@pytest.mark.skipif(not library_available("tensorrt"), reason="no TensorRT runtime (tensorrt or tensorrt_lean) here")
+@needs_model
+def test_tensorrt_with_an_onnx_file_points_to_build_engine():
+    with pytest.raises(WbcEdgeError, match="wbc-edge build-engine"):
+        Classifier.load(next(iter(SHIPPED.values())).path, backend="tensorrt")
+
+
+def test_unknown_backend_and_precision():
+    with pytest.raises(WbcEdgeError, match="unknown backend"):
+        Classifier.load(backend="openvino")
+    with pytest.raises(WbcEdgeError, match="unknown precision"):
+        Classifier.load(precision="fp8")
+
+
+@needs_model
+def test_checkpoint_runs_on_torch(tmp_path):
+    """auto picks torch for a checkpoint; int8 is refused there with where it runs."""
+    pytest.importorskip("torch")
+    checkpoint = models.MODELS_DIR.parent.parent / "runs" / "r18-128" / "best.pt"
+    if not checkpoint.is_file():
+        pytest.skip("no training checkpoint in runs/r18-128 (made by wbc-edge train)")
+    copy = tmp_path / "best.pt"
+    shutil.copy(checkpoint, copy)
+    with Classifier.load(copy, precision="fp32") as c:
+        assert (c.backend, c.precision) == ("torch", "fp32")
+        assert c.predict(next(iter((models.MODELS_DIR.parent.parent / "examples").glob("*.jpg")))).ok
+    with pytest.raises(WbcEdgeError, match="int8"):
+        Classifier.load(copy, precision="int8")

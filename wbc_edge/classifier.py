@@ -1,0 +1,594 @@
+"""The SDK's front door: cell images in, calibrated predictions out.
+
+    from wbc_edge import Classifier
+
+    with Classifier.load() as classifier:            # the shipped model, on the CPU
+        for p in classifier.predict_batch(["a.jpg", "b.png"]):
+            print(p.path, p.label, p.confidence, p.review, p.error)
+
+Every input gives exactly one :class:`~wbc_edge.prediction.Prediction`, in input
+order; an input that cannot be read gives one with ``error`` set and never
+fails the others. Inputs are read and decoded in a thread pool
+(:func:`wbc_edge.decode.decode_images`), resized by the one preprocessing
+(:func:`wbc_edge.preprocess_batch`) with the model's input size and resize
+policy, and run by a backend runner; confidences are
+``softmax(logits / temperature)`` with the model's fitted temperature.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner
+from .backends.base import Runner
+from .decode import MAX_PIXELS, ImageReadError, decode_images, describe_source, to_array
+from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
+from .metadata import ModelMetadata
+from .models import resolve_model, shipped_models
+from .prediction import Prediction, calibrated_probabilities
+from .preprocess import default_num_threads, preprocess_batch
+from .review import ReviewPolicy
+
+#: Images per inference call: large enough to keep a CPU or GPU busy, small
+#: enough (64 x 128 x 128 x 3 = 3 MB) to bound memory.
+DEFAULT_BATCH_SIZE = 64
+#: Batches read ahead by predict_stream while one runs.
+DEFAULT_PREFETCH = 2
+
+_ENCODED = (str, os.PathLike, bytes, bytearray, memoryview, io.IOBase)
+
+
+@dataclass
+class _Chunk:
+    """One batch on its way through the pipeline: per input its name and
+    decoded image or error; ``batch`` holds the preprocessed images of the
+    inputs without error, once made."""
+
+    names: list[str | None]
+    images: list[np.ndarray | None]
+    errors: list[str | None]
+    batch: np.ndarray | None = None
+
+
+@dataclass
+class _Started:
+    """A chunk whose inference has started: its logits, or the runner's
+    reserved batch to collect them from (``used`` rows of it)."""
+
+    chunk: _Chunk
+    logits: np.ndarray | None = None
+    reserved: Any = None
+    used: int = 0
+
+
+class Classifier:
+    """Classifies cell images with one model on one backend.
+
+    Make one with :meth:`load`; it is thread-safe (several threads may call
+    its predict methods at once and get what serial calls give) and holds the
+    model until :meth:`close` (or the end of a ``with`` block).
+    """
+
+    def __init__(self, runner: Runner, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 review: ReviewPolicy | Mapping[str, Any] | None = None, num_threads: int | None = None,
+                 model_path: str | os.PathLike | None = None, variant: str | None = None,
+                 max_pixels: int | None = MAX_PIXELS):
+        """Wraps a loaded runner (``Classifier.load`` is the usual way in).
+
+        Args:
+            runner: any :class:`wbc_edge.backends.base.Runner`.
+            batch_size: images per inference call.
+            review: the review policy (a :class:`ReviewPolicy` or its dict);
+                None: the model's default (see :mod:`wbc_edge.review`).
+            num_threads: threads for decoding and preprocessing; default:
+                every CPU this process may use.
+            model_path, variant: where the model came from, for reports.
+            max_pixels: images larger than this are refused as possible
+                decompression bombs (None: no limit).
+        """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise WbcEdgeError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
+            raise WbcEdgeError(f"num_threads must be a positive integer, got {num_threads!r}")
+        self.runner = runner
+        self.metadata: ModelMetadata = runner.metadata
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.variant = variant
+        self.num_threads = int(num_threads or default_num_threads())
+        self.max_pixels = max_pixels
+        limit = runner.max_batch_size
+        self.batch_size = int(min(batch_size, limit) if limit else batch_size)
+        # A runner with its own (pinned) input memory (the TensorRT runner's
+        # reserve/submit/collect/release) gets images preprocessed straight into
+        # it, and runs batch k on the device while batch k+1 is prepared.
+        self._reserves = all(callable(getattr(runner, m, None)) for m in ("reserve", "submit", "collect", "release"))
+        self._closed = False
+        self.review = review
+        self._check_outputs()
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, backend: str = "auto", precision: str | None = None,
+             *, batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
+             review: ReviewPolicy | Mapping[str, Any] | None = None, num_threads: int | None = None,
+             max_pixels: int | None = MAX_PIXELS, runner_options: Mapping[str, Any] | None = None) -> "Classifier":
+        """Loads a model and returns a classifier for it.
+
+        Args:
+            model: a model file (``.onnx``, TensorRT ``.engine``/``.plan``, or a
+                PyTorch checkpoint ``.pt``) with its metadata; None: the
+                shipped default model (see :mod:`wbc_edge.models`).
+            backend: ``"auto"`` (by the file: an engine runs on TensorRT, ONNX
+                on onnxruntime, a checkpoint on torch), or one of
+                ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``.
+            precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: which shipped
+                variant to run (onnxruntime + int8: ``int8-cpu``); for a
+                checkpoint on torch, fp16 runs it in half precision. None: the
+                fastest shipped variant for the backend (on CPU: int8 when
+                ``int8-cpu`` is shipped, else fp32).
+            batch_size: images per inference call.
+            device: ``"cpu"`` or ``"cuda"``/``"cuda:N"``; None: the backend's
+                default (onnxruntime and torch: the CPU).
+            review: the review policy; None: the model's default.
+            num_threads: CPU threads for decoding, preprocessing and
+                onnxruntime; default: every CPU this process may use.
+            max_pixels: larger images are refused as possible decompression
+                bombs (default: Pillow's limit, about 89 megapixels).
+            runner_options: extra keyword arguments for the backend's runner.
+
+        Raises:
+            MissingDependencyError: the backend's library is not installed
+                (the message has the install command).
+            WbcEdgeError: no such model or variant, or an unusable
+                combination (the message says what to run instead).
+            ModelMismatchError, MetadataError: the model and its metadata disagree.
+        """
+        if backend != "auto" and backend not in BACKENDS:
+            raise WbcEdgeError(f"unknown backend {backend!r}; choose 'auto' or one of {', '.join(BACKENDS)}")
+        if precision is not None and precision not in ("fp32", "fp16", "int8"):
+            raise WbcEdgeError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+        if backend != "auto" and not library_available(backend):
+            raise MissingDependencyError(f"the {backend} backend", install_hint(backend))
+        path = resolve_model(model, precision=precision, backend=backend)
+        chosen = backend_for(path) if backend == "auto" else backend
+        if chosen == "tensorrt" and path.suffix.lower() == ".onnx":
+            raise WbcEdgeError(f"TensorRT runs engines built for this GPU, not ONNX files; build one with:\n"
+                               f"  wbc-edge build-engine --onnx {path} --out {path.with_suffix('.engine').name}\n"
+                               "then pass the .engine file as the model")
+        options = _runner_options(chosen, precision, device, num_threads)
+        options.update(runner_options or {})
+        variant = _shipped_variant(path) if model is None else None
+        runner = load_runner(path, backend=chosen, **options)
+        try:
+            if variant is not None:
+                _verify_shipped(runner.metadata, variant)
+            return cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
+                       model_path=path, variant=variant, max_pixels=max_pixels)
+        except BaseException:
+            runner.close()
+            raise
+
+    # -------------------------------------------------------------- properties
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata.classes)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if getattr(self.runner, "half", False) else self.metadata.precision
+
+    @property
+    def review(self) -> ReviewPolicy:
+        """The review policy; assign a :class:`ReviewPolicy` (or its dict, or
+        None for the model's default) to change it."""
+        return self._review
+
+    @review.setter
+    def review(self, policy: ReviewPolicy | Mapping[str, Any] | None) -> None:
+        classes = self.metadata.classes
+        if policy is None:
+            policy = ReviewPolicy.default_for(classes, self.metadata.extra.get("review"))
+        elif isinstance(policy, Mapping):
+            try:
+                policy = ReviewPolicy.from_dict(policy)
+            except ValueError as error:
+                raise WbcEdgeError(f"review policy: {error}") from None
+        elif not isinstance(policy, ReviewPolicy):
+            raise TypeError(f"review must be a ReviewPolicy, a dict or None, got {type(policy).__name__}")
+        self._review = policy.validate(classes)
+
+    def describe(self) -> dict[str, Any]:
+        """What is classifying: for reports and logs."""
+        meta = self.metadata
+        return {
+            "name": meta.name,
+            "precision": self.precision,
+            "backend": self.backend,
+            "classes": self.classes,
+            "input_size": list(meta.input_size),
+            "resize_policy": meta.resize_policy,
+            "temperature": meta.temperature,
+            "path": str(self.model_path) if self.model_path else None,
+            "variant": self.variant,
+            "runner": self.runner.describe(),
+        }
+
+    def __repr__(self) -> str:
+        where = self.variant or (self.model_path.name if self.model_path else "runner")
+        return f"Classifier({self.metadata.name} [{where}], {self.precision}, {self.backend})"
+
+    # ------------------------------------------------------------- predicting
+
+    def predict(self, image) -> Prediction:
+        """One input (path, bytes, file object, PIL image or uint8 array)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images) -> list[Prediction]:
+        """One :class:`Prediction` per input, in input order.
+
+        Args:
+            images: a sequence of inputs, each a file path, encoded bytes, a
+                binary file object, a PIL image or a uint8 numpy array
+                ``(h, w)``, ``(h, w, 1|3|4)`` (gray, RGB, RGBA; any size); or
+                one stacked uint8 array ``(n, h, w, 3)`` (the zero-copy path:
+                frames already at the model's input size go to the runner
+                as they are, others straight into preprocessing).
+
+        Inputs are processed ``batch_size`` at a time, so memory stays bounded
+        whatever the length of the list.
+        """
+        self._check_open()
+        if _is_stack(images):
+            return list(self._run(self._stack_chunks(images, self.batch_size)))
+        items = _as_sequence(images, "predict_batch")
+        size = self.batch_size
+        return list(self._run(self._read(items[i:i + size]) for i in range(0, len(items), size)))
+
+    def predict_stream(self, inputs: Iterable, batch_size: int | None = None,
+                       prefetch: int = DEFAULT_PREFETCH) -> Iterator[Prediction]:
+        """Predictions for any iterable of inputs, yielded in input order as
+        they are ready. Reading, decoding and preprocessing of the next
+        ``prefetch`` batches run in a thread pool while the current batch is
+        inferred, so at most ``prefetch + 1`` batches are in memory. With the
+        same batch size, gives exactly what :meth:`predict_batch` gives.
+
+        The arguments are checked at the call; the inputs are read as the
+        generator is consumed.
+        """
+        self._check_open()
+        size = self.batch_size if batch_size is None else int(batch_size)
+        if size < 1 or prefetch < 1:
+            raise WbcEdgeError(f"batch_size and prefetch must be positive, got {batch_size!r} and {prefetch!r}")
+        if self.runner.max_batch_size:
+            size = min(size, self.runner.max_batch_size)
+        if _is_stack(inputs):
+            _check_stack(inputs)
+            return self._run(self._stack_chunks(inputs, size))
+        if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)) or not hasattr(inputs, "__iter__"):
+            raise TypeError(f"predict_stream takes an iterable of inputs, got {type(inputs).__name__}")
+        return self._run(self._read_ahead(_batches(iter(inputs), size), prefetch))
+
+    # --------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Frees the model (sessions, device memory). Idempotent; call it
+        once no other thread is predicting."""
+        if not self._closed:
+            self._closed = True
+            self.runner.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- inside
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Classifier is closed")
+
+    def _check_outputs(self) -> None:
+        """Runs one blank image: the model must give one logit per class in
+        its metadata (and the first call's setup is paid here, not by the
+        first real batch)."""
+        height, width = self.metadata.input_size
+        logits = self.runner.infer(np.zeros((1, height, width, 3), np.uint8))
+        expected = (1, self.metadata.num_classes)
+        if logits.shape != expected:
+            where = self.model_path or self.runner.describe()
+            raise ModelMismatchError(
+                f"{where}: the model outputs {logits.shape[-1] if logits.ndim else logits.shape} values per image, "
+                f"but its metadata names {expected[1]} classes ({', '.join(self.metadata.classes)})")
+
+    def _read(self, items: Sequence) -> _Chunk:
+        """Decodes a group of inputs (thread pool) and, unless the runner
+        provides the input memory, preprocesses them."""
+        count = len(items)
+        chunk = _Chunk(names=[_name_of(item) for item in items], images=[None] * count, errors=[None] * count)
+        encoded = [i for i, item in enumerate(items) if isinstance(item, _ENCODED)]
+        decoded = decode_images([items[i] for i in encoded], num_threads=self.num_threads,
+                                max_pixels=self.max_pixels)
+        for i, result in zip(encoded, decoded):
+            if isinstance(result, ImageReadError):
+                chunk.errors[i] = result.reason
+            else:
+                chunk.images[i] = result
+        for i, item in enumerate(items):
+            if not isinstance(item, _ENCODED):
+                chunk.images[i], chunk.errors[i] = _image_of(item, self.max_pixels)
+        if not self._reserves:
+            chunk.batch = self._preprocess(chunk, out=None)
+        return chunk
+
+    def _read_ahead(self, groups: Iterator[list], prefetch: int) -> Iterator[_Chunk]:
+        """_read() of the next ``prefetch`` groups runs in threads while the
+        consumer works on the current one; chunks come out in order."""
+        with ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="wbc-read") as pool:
+            pending = deque(pool.submit(self._read, group) for group in itertools.islice(groups, prefetch))
+            while pending:
+                chunk = pending.popleft().result()
+                following = next(groups, None)
+                if following is not None:
+                    pending.append(pool.submit(self._read, following))
+                yield chunk
+
+    def _preprocess(self, chunk: _Chunk, out: np.ndarray | None) -> np.ndarray | None:
+        """The chunk's readable images as one model-ready batch. An image the
+        C++ preprocessing refuses becomes an error for that input alone."""
+        images = [image for image in chunk.images if image is not None]
+        if not images:
+            return None
+        size, policy = self.metadata.input_size, self.metadata.resize_policy
+        try:
+            return preprocess_batch(images, size, out=out, num_threads=self.num_threads, policy=policy)
+        except (TypeError, ValueError):
+            refused = 0
+            for i, image in enumerate(chunk.images):  # find the culprit(s); keep the rest
+                if image is not None:
+                    try:
+                        preprocess_batch([image], size, num_threads=1, policy=policy)
+                    except (TypeError, ValueError) as error:
+                        chunk.images[i], chunk.errors[i] = None, f"cannot be preprocessed ({error})"
+                        refused += 1
+            if not refused:
+                raise
+            return self._preprocess(chunk, out=None if out is None else out[:len(images) - refused])
+
+    def _stack_chunks(self, stack: np.ndarray, size: int) -> Iterator[_Chunk]:
+        """Batches of a stacked (n, h, w, c) uint8 array, without copies where
+        the frames already have the model's input form."""
+        _check_stack(stack)
+        ready = stack.shape[1:] == (*self.metadata.input_size, 3)
+        for start in range(0, len(stack), size):
+            frames = stack[start:start + size]
+            count = len(frames)
+            chunk = _Chunk(names=[None] * count, images=list(frames), errors=[None] * count)
+            if not self._reserves:
+                if ready:
+                    chunk.batch = np.ascontiguousarray(frames)
+                else:
+                    chunk.batch = preprocess_batch(frames, self.metadata.input_size, num_threads=self.num_threads,
+                                                   policy=self.metadata.resize_policy)
+            yield chunk
+
+    def _run(self, chunks: Iterable[_Chunk]) -> Iterator[Prediction]:
+        """Predictions for a sequence of chunks, in order. With a reserving
+        runner, chunk k+1 is preprocessed into the runner's memory and
+        started while chunk k runs; a thread never waits for a buffer while
+        holding one (so threads sharing a runner cannot deadlock)."""
+        started: deque[_Started] = deque()
+        try:
+            for chunk in chunks:
+                self._check_open()
+                begun = self._start(chunk, wait=not started)
+                if begun is None:  # every buffer busy: finish ours first, then wait for one
+                    yield from self._finish(started.popleft())
+                    begun = self._start(chunk, wait=True)
+                started.append(begun)
+                while len(started) > 1:
+                    yield from self._finish(started.popleft())
+            while started:
+                yield from self._finish(started.popleft())
+        finally:
+            for item in started:  # the consumer stopped early, or something failed
+                if item.reserved is not None:
+                    self.runner.release(item.reserved)
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _start(self, chunk: _Chunk, wait: bool) -> _Started | None:
+        """Starts inference of a chunk. None when ``wait`` is False and the
+        runner has no free input buffer right now."""
+        if not self._reserves:
+            batch = chunk.batch
+            return _Started(chunk, logits=None if batch is None else self.runner.infer(batch))
+        count = sum(image is not None for image in chunk.images)
+        if count == 0:
+            return _Started(chunk)
+        try:
+            reserved = self.runner.reserve(count, timeout=None if wait else 0)
+        except (TimeoutError, RuntimeError):
+            if wait:
+                raise
+            return None
+        try:
+            batch = self._preprocess(chunk, out=reserved.inputs)
+            if batch is None:
+                self.runner.release(reserved)
+                return _Started(chunk)
+            self.runner.submit(reserved)
+        except BaseException:
+            self.runner.release(reserved)
+            raise
+        # rows past len(batch) (images refused by preprocessing) are computed but unused
+        return _Started(chunk, reserved=reserved, used=len(batch))
+
+    def _finish(self, started: _Started) -> list[Prediction]:
+        logits = started.logits
+        if started.reserved is not None:
+            logits = self.runner.collect(started.reserved)[:started.used]
+        return self._predictions(started.chunk, logits)
+
+    def _predictions(self, chunk: _Chunk, logits: np.ndarray | None) -> list[Prediction]:
+        results: list[Prediction] = []
+        if logits is not None:
+            probabilities = calibrated_probabilities(logits, self.metadata.temperature)
+            finite = np.isfinite(logits).all(axis=1)
+            rows = iter(range(len(logits)))
+        classes, policy = self.metadata.classes, self._review
+        for name, image, error in zip(chunk.names, chunk.images, chunk.errors):
+            if image is None:
+                results.append(Prediction.failed(name, error or "could not be read"))
+                continue
+            row = next(rows)
+            if not finite[row]:
+                results.append(Prediction.failed(name, "the model produced non-finite outputs (NaN or inf) "
+                                                       "for this image; try the fp32 model"))
+                continue
+            p = probabilities[row]
+            best = int(p.argmax())
+            label, confidence = classes[best], float(p[best])
+            review, reason = policy.decide(label, confidence)
+            results.append(Prediction(
+                path=name, label=label, confidence=confidence,
+                probabilities={c: float(v) for c, v in zip(classes, p)},
+                review=review, review_reason=reason))
+        return results
+
+
+# --------------------------------------------------------------------- helpers
+
+def _runner_options(backend: str, precision: str | None, device: str | None,
+                    num_threads: int | None) -> dict[str, Any]:
+    """Keyword arguments for the chosen backend's runner."""
+    if backend == "onnxruntime":
+        options: dict[str, Any] = {"num_threads": num_threads}
+        if device is not None:
+            kind, _, index = device.partition(":")
+            if kind == "cpu":
+                options["providers"] = ["CPUExecutionProvider"]
+            elif kind == "cuda" and index in ("", "0"):
+                options["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            else:
+                raise WbcEdgeError(f"device {device!r}: the onnxruntime backend runs on 'cpu' or 'cuda' (GPU 0)")
+        return options
+    if backend == "torch":
+        if precision == "int8":
+            raise WbcEdgeError("the torch backend runs fp32 or fp16; INT8 runs on onnxruntime (the int8-cpu model) "
+                               "or TensorRT (an engine built from the int8-tensorrt model)")
+        options = {"device": device or "cpu"}
+        if precision is not None:
+            options["half"] = precision == "fp16"
+        return options
+    return {} if device is None else {"device": device}
+
+
+def _shipped_variant(path: Path) -> str | None:
+    where = os.path.abspath(path)  # not resolve(): a variant may be a link to another file
+    for variant, shipped in shipped_models().items():
+        if os.path.abspath(shipped.path) == where:
+            return variant
+    return None
+
+
+def _verify_shipped(meta: ModelMetadata, variant: str) -> None:
+    """A shipped variant must say the precision its name says, and mean the
+    same as the FP32 reference (classes, input size, normalization)."""
+    shipped = shipped_models()
+    expected = shipped[variant].precision
+    if meta.precision != expected:
+        raise ModelMismatchError(f"{shipped[variant].path}: the {variant} model's metadata says precision "
+                                 f"{meta.precision}, expected {expected}; reinstall wbc-edge")
+    if variant != "fp32" and "fp32" in shipped:
+        meta.check_compatible(ModelMetadata.load(shipped["fp32"].metadata_path),
+                              what=f"{shipped[variant].path} vs the fp32 model")
+
+
+def _is_stack(images) -> bool:
+    return isinstance(images, np.ndarray) and images.ndim == 4
+
+
+def _check_stack(stack: np.ndarray) -> None:
+    if stack.dtype != np.uint8:
+        raise TypeError(f"a stacked batch must be uint8 (n, h, w, 3), got dtype {stack.dtype}")
+    n, h, w, c = stack.shape
+    if c not in (1, 3, 4) or h < 1 or w < 1:
+        raise ValueError(f"a stacked batch must have shape (n, h, w, 3) (or 1/4 channels), got {stack.shape}")
+
+
+def _as_sequence(images, what: str) -> list:
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, io.IOBase)):
+        raise TypeError(f"{what} takes a list of images; for one image use predict()")
+    if isinstance(images, np.ndarray):
+        raise TypeError(f"{what}: got one array of shape {images.shape}; pass a list of images or one "
+                        "stacked (n, h, w, 3) array; for one image use predict()")
+    if not hasattr(images, "__iter__"):
+        raise TypeError(f"{what} takes a list of images, got {type(images).__name__}")
+    return list(images)
+
+
+def _batches(iterator: Iterator, size: int) -> Iterator[list]:
+    while True:
+        group = list(itertools.islice(iterator, size))
+        if not group:
+            return
+        yield group
+
+
+def _name_of(item) -> str | None:
+    """The input's path or name where it has one."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, io.IOBase):
+        name = getattr(item, "name", None)
+        return name if isinstance(name, str) else None
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", None) or None
+    return None
+
+
+def _image_of(item, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
+    """An in-memory input (array or PIL image) as an array preprocessing
+    takes, or the reason it cannot be one."""
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            return None, f"expected a uint8 image array, got dtype {item.dtype}"
+        shape = item.shape
+        if not (item.ndim == 2 or (item.ndim == 3 and shape[2] in (1, 3, 4))):
+            return None, f"expected an image array (h, w) or (h, w, 1|3|4), got shape {shape}"
+        if shape[0] < 1 or shape[1] < 1:
+            return None, f"has no pixels (shape {shape})"
+        return item, None
+    if isinstance(item, Image.Image):
+        width, height = item.size
+        if width < 1 or height < 1:
+            return None, f"has no pixels ({width}x{height})"
+        if max_pixels is not None and width * height > max_pixels:
+            return None, f"is {width}x{height} pixels, more than the limit of {max_pixels:,}"
+        try:
+            return to_array(item), None
+        except Exception as error:  # a lazily loaded, truncated file surfaces here
+            return None, f"corrupt or truncated image ({error})"
+    if item is None:
+        return None, "no image (None)"
+    return None, (f"cannot classify an object of type {type(item).__name__}: pass a path, bytes, a file object, "
+                  f"a PIL image or a uint8 array ({describe_source(item)})")

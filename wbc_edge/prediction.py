@@ -1,0 +1,66 @@
+"""One cell's answer: what it is, how sure, whether a person should look."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classification of one input, or why it could not be classified.
+
+    Attributes:
+        path: the input's file path or name where it has one (paths, file
+            objects, PIL images opened from a file); None for bytes and arrays.
+        label: the predicted class, None when ``error`` is set.
+        confidence: the calibrated probability of ``label``
+            (``softmax(logits / temperature)``), None when ``error`` is set.
+        probabilities: every class's calibrated probability, ``{class: p}`` in
+            the model's class order (sums to 1); None when ``error`` is set.
+        review: whether a technologist should check this cell.
+        review_reason: why (``"low confidence (0.612 < 0.90)"``,
+            ``"ig is always reviewed"``), None when not reviewed.
+        error: None, or why this input could not be classified (``"file not
+            found"``, ``"corrupt or truncated image (...)"``, ...).
+    """
+
+    path: str | None
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    review: bool = False
+    review_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the input was classified."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (the report's ``images`` entries)."""
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "review": self.review,
+            "review_reason": self.review_reason,
+            "error": self.error,
+        }
+
+    @classmethod
+    def failed(cls, path: str | None, error: str) -> "Prediction":
+        return cls(path=path, error=error)
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(logits / temperature)`` per row, computed in float64 (stable:
+    the row maximum is subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
