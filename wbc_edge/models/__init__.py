@@ -159,9 +159,11 @@ def make_command(variant: str) -> str:
     fp32 = variant_path("fp32")
     out = f"default.{variant}.onnx"
     if variant == "fp32":
-        return "wbc-edge export --checkpoint runs/r18/best.pt --out default.fp32.onnx"
+        return "wbc-edge export --checkpoint CHECKPOINT --weight-storage fp16 --out default.fp32.onnx"
     if variant == "fp16":
-        return f"wbc-edge calibrate --onnx {fp32} --precision fp16 --data DATA --out {out}"
+        # With the manifest, only split=train images are read.
+        return (f"wbc-edge calibrate --onnx {fp32} --precision fp16 "
+                f"--data DATA --manifest DATA/manifest.csv --out {out}")
     target = "cpu" if variant == "int8-cpu" else "tensorrt"
     return (f"wbc-edge calibrate --onnx {fp32} --precision int8 --target {target} "
             f"--data DATA --manifest DATA/manifest.csv --out {out}")
