@@ -57,7 +57,7 @@ class Settings:
         return int(min(self.max_rounds, max(self.min_rounds, wanted)))
 
 
-FULL = Settings(mode="full", preprocess_images=208, preprocess_rounds=10, e2e_images=1000, e2e_rounds=3,
+FULL = Settings(mode="full", preprocess_images=256, preprocess_rounds=10, e2e_images=1000, e2e_rounds=3,
                 batches=(1, 8, 32, 128), seconds_per_case=10.0, min_rounds=5, max_rounds=300)
 QUICK = Settings(mode="quick", preprocess_images=24, preprocess_rounds=4, e2e_images=24, e2e_rounds=1,
                  batches=(1, 8), seconds_per_case=0.2, min_rounds=2, max_rounds=4)

@@ -45,27 +45,43 @@ def test_decode_sdk(measure, preprocess_images, all_threads, which):
     assert all(isinstance(image, np.ndarray) for image in decoded)
 
 
-def test_preprocess_prototype(measure, decoded_images, model_metadata, settings):
+#: Output sizes: the shipped model's input size ("model"), and 224 x 224, the
+#: size the prototype ran at and the one the preprocessing target is set for.
+PREPROCESS_SIZES = ("model", "224")
+
+
+def _size(which: str, meta) -> tuple[int, int]:
+    return tuple(meta.input_size) if which == "model" else (224, 224)
+
+
+def _stage(which: str) -> str:
+    return "preprocess" if which == "model" else "preprocess 224x224"
+
+
+@pytest.mark.parametrize("at", PREPROCESS_SIZES)
+def test_preprocess_prototype(measure, decoded_images, model_metadata, settings, at):
     meta = model_metadata
-    measure(lambda: prototype_preprocess(decoded_images, meta.input_size, meta.mean, meta.std),
-            stage="preprocess", name="prototype: Pillow + numpy", backend="pillow+numpy", precision="float32",
-            images=len(decoded_images), threads=1, baseline=True, rounds=settings.preprocess_rounds,
-            note=PROTOTYPE_PREPROCESS)
+    size = _size(at, meta)
+    measure(lambda: prototype_preprocess(decoded_images, size, meta.mean, meta.std),
+            stage=_stage(at), name=f"prototype: Pillow + numpy ({size[0]}x{size[1]})", backend="pillow+numpy",
+            precision="float32", images=len(decoded_images), threads=1, baseline=True,
+            rounds=settings.preprocess_rounds, note=PROTOTYPE_PREPROCESS)
 
 
+@pytest.mark.parametrize("at", PREPROCESS_SIZES)
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 @pytest.mark.parametrize("which", ["one", "all"])
-def test_preprocess_sdk(measure, decoded_images, model_metadata, settings, all_threads, which, dtype):
+def test_preprocess_sdk(measure, decoded_images, model_metadata, settings, all_threads, which, dtype, at):
     if which == "all" and all_threads == 1:
         pytest.skip("'all threads' is 1 here (--threads 1, or one CPU): the one-thread case covers it")
     threads = 1 if which == "one" else all_threads
     meta = model_metadata
-    size = meta.input_size
+    size = _size(at, meta)
     kwargs = {"dtype": np.dtype(dtype), "mean": meta.mean, "std": meta.std}
     # A fresh output each call, as the Classifier does (out= would reuse one).
     result = measure(lambda: preprocess_batch(decoded_images, size, num_threads=threads, **kwargs),
-                     stage="preprocess", name=f"wbc_edge.preprocess_batch {dtype} ({threads} thread"
-                                              f"{'s' * (threads > 1)})",
+                     stage=_stage(at), name=f"wbc_edge.preprocess_batch {dtype} ({threads} thread"
+                                            f"{'s' * (threads > 1)}, {size[0]}x{size[1]})",
                      backend="wbc_edge", precision=dtype, images=len(decoded_images), threads=threads,
                      rounds=settings.preprocess_rounds,
                      note="uint8 NHWC: what the models take" if dtype == "uint8" else

@@ -161,7 +161,7 @@ def test_report_table_speedups_and_targets(results_file, tmp_path):
     text = report.render_markdown([(results_file, load_results(results_file))])
     lines = text.splitlines()
     header = lines[0]
-    for column in ("stage", "backend", "precision", "batch", "images/s", "speed-up vs prototype", "machine"):
+    for column in ("stage", "backend", "precision", "batch", "images/s", "speed-up vs baseline", "machine"):
         assert column in header
     e2e = next(line for line in lines if "predict_stream" in line)
     assert "| 400 |" in e2e and "**4.0x**" in e2e  # 100 images / 0.25 s median; prototype 100 / 1.0 s

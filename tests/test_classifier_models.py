@@ -126,17 +126,45 @@ def test_unknown_backend_and_precision():
         Classifier.load(precision="fp8")
 
 
-@needs_model
+@pytest.mark.skipif("fp32" not in SHIPPED, reason="this install ships no FP32 model")
 def test_checkpoint_runs_on_torch(tmp_path):
-    """auto picks torch for a checkpoint; int8 is refused there with where it runs."""
+    """auto picks torch for a checkpoint (here the shipped FP32 model's weights
+    saved as one); int8 is refused there with where it runs."""
     pytest.importorskip("torch")
-    checkpoint = models.MODELS_DIR.parent.parent / "runs" / "r18-128" / "best.pt"
-    if not checkpoint.is_file():
-        pytest.skip("no training checkpoint in runs/r18-128 (made by wbc-edge train)")
-    copy = tmp_path / "best.pt"
-    shutil.copy(checkpoint, copy)
-    with Classifier.load(copy, precision="fp32") as c:
+    onnx = pytest.importorskip("onnx")
+    import torch
+
+    from wbc_edge.export.weight_storage import state_dict_from_onnx
+    from wbc_edge.metadata import ModelMetadata
+    from wbc_edge.training.checkpoint import save_checkpoint
+
+    fp32 = SHIPPED["fp32"]
+    state = {k: torch.from_numpy(v.copy()) for k, v in state_dict_from_onnx(onnx.load(str(fp32.path))).items()}
+    meta = ModelMetadata.load(fp32.metadata_path)
+    checkpoint = save_checkpoint({"model": state, "meta": meta.to_dict()}, tmp_path / "best.pt")
+    example = sorted((models.MODELS_DIR.parent.parent / "examples").glob("*.jpg"))[0]
+    with Classifier.load(checkpoint, precision="fp32") as c, Classifier.load(fp32.path) as reference:
         assert (c.backend, c.precision) == ("torch", "fp32")
-        assert c.predict(next(iter((models.MODELS_DIR.parent.parent / "examples").glob("*.jpg")))).ok
+        got, want = c.predict(example), reference.predict(example)
+        assert got.ok and got.label == want.label
+        assert abs(got.confidence - want.confidence) < 1e-4
     with pytest.raises(WbcEdgeError, match="int8"):
-        Classifier.load(copy, precision="int8")
+        Classifier.load(checkpoint, precision="int8")
+
+
+def test_the_package_ships_the_default_model():
+    """The checkout ships FP32, INT8-for-CPU and INT8-for-TensorRT forms of one
+    model: same classes, input size, normalization and temperature, each INT8
+    form made from the shipped FP32 file (its sha256)."""
+    from wbc_edge.metadata import ModelMetadata, sha256_of
+
+    assert {"fp32", "int8-cpu", "int8-tensorrt"} <= set(SHIPPED), f"shipped: {sorted(SHIPPED)}"
+    fp32 = ModelMetadata.load(SHIPPED["fp32"].metadata_path)
+    assert fp32.precision == "fp32" and fp32.input_size == (128, 128) and len(fp32.classes) == 8
+    fp32_sha = sha256_of(SHIPPED["fp32"].path)
+    for variant in ("int8-cpu", "int8-tensorrt"):
+        meta = ModelMetadata.load(SHIPPED[variant].metadata_path)
+        assert meta.precision == "int8"
+        assert (meta.classes, meta.input_size, meta.mean, meta.std, meta.temperature) == \
+            (fp32.classes, fp32.input_size, fp32.mean, fp32.std, fp32.temperature)
+        assert meta.source_sha256 == fp32_sha, f"{variant} was not made from the shipped FP32 model"
