@@ -101,16 +101,19 @@ void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
     // byte lands in the slot of row r + 1, written after it; the strip's last
     // row and each row's last pixel are copied with 3 (their 4th byte would
     // overwrite a slot already written, or read past the image).
+    // Strides in locals: the stores could alias `s`, which would make the
+    // compiler reload them (and multiply) on every pixel.
     const int last = s.width - 1;
+    const std::ptrdiff_t col_stride = s.col_stride;
     for (int r = 0; r < n; ++r) {
-        const std::uint8_t* row = s.data + (y0 + r) * s.row_stride;
+        const std::uint8_t* src = s.data + (y0 + r) * s.row_stride;
         std::uint8_t* out = strip + 3 * r;
         if (r + 1 < kStripRows) {
-            for (int x = 0; x < last; ++x) std::memcpy(out + x * kStripLanes, row + x * s.col_stride, 4);
+            for (int x = 0; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 4);
         } else {
-            for (int x = 0; x < last; ++x) std::memcpy(out + x * kStripLanes, row + x * s.col_stride, 3);
+            for (int x = 0; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 3);
         }
-        std::memcpy(out + last * kStripLanes, row + last * s.col_stride, 3);
+        std::memcpy(out, src, 3);
     }
 }
 
@@ -121,6 +124,12 @@ WBC_HOT void horizontal_pass(const ImageView& s, const Taps& taps, int y_first, 
     scratch.strip.resize(static_cast<std::size_t>(s.width + 1) * kStripLanes);
     std::uint8_t* strip = scratch.strip.data();
     const std::size_t row_len = static_cast<std::size_t>(out_w) * 3;
+    // Tap tables in locals: the byte stores below may alias anything, so
+    // members would be reloaded on every pixel.
+    const std::int32_t* const kernel = taps.k.data();
+    const int* const first = taps.first.data();
+    const int* const count = taps.count.data();
+    const std::size_t ksize = static_cast<std::size_t>(taps.ksize);
 
     for (int y0 = y_first; y0 < y_last; y0 += kStripRows) {
         const int n = std::min(kStripRows, y_last - y0);
@@ -131,9 +140,10 @@ WBC_HOT void horizontal_pass(const ImageView& s, const Taps& taps, int y_first, 
             a0 += kHalf;
             a1 += kHalf;
             a2 += kHalf;
-            const std::int32_t* k = &taps.k[static_cast<std::size_t>(x) * taps.ksize];
-            const std::uint8_t* col = strip + static_cast<std::size_t>(taps.first[x]) * kStripLanes;
-            for (int t = 0; t < taps.count[x]; ++t, col += kStripLanes) {
+            const std::int32_t* k = kernel + static_cast<std::size_t>(x) * ksize;
+            const std::uint8_t* col = strip + static_cast<std::size_t>(first[x]) * kStripLanes;
+            const int taps_x = count[x];
+            for (int t = 0; t < taps_x; ++t, col += kStripLanes) {
                 const std::int32_t w = k[t];
                 a0 += load8(col) * w;
                 a1 += load8(col + 8) * w;
