@@ -250,7 +250,8 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
     // Pillow >= 13 runs the vertical pass first when the height shrinks more
     // than twice as much as the width (earlier versions: always horizontal).
     const bool horizontal_first = !((src.height - out_h) > 0 && (src.height - out_h) > (src.width - out_w) * 2);
-    const Taps vtaps = compute_taps(src.height, box.y0, box.y1, out_h);
+    const Taps& vtaps = scratch.vertical_taps.get(src.height, box.y0, box.y1, out_h);
+    const Taps& htaps = scratch.horizontal_taps.get(src.width, box.x0, box.x1, out_w);
     const int y_first = vtaps.first[0];
     const int y_last = vtaps.first[out_h - 1] + vtaps.count[out_h - 1];
 
@@ -265,7 +266,7 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
 
     if (!need_v) {  // horizontal only, or a plain copy
         if (need_h) {
-            horizontal_pass(src, compute_taps(src.width, box.x0, box.x1, out_w), 0, out_h, out_w, dst, scratch);
+            horizontal_pass(src, htaps, 0, out_h, out_w, dst, scratch);
         } else {
             packed_rows(dst);
         }
@@ -273,7 +274,7 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
     }
     if (need_h && horizontal_first) {
         scratch.rows.resize(static_cast<std::size_t>(y_last - y_first) * out_w * 3);
-        horizontal_pass(src, compute_taps(src.width, box.x0, box.x1, out_w), y_first, y_last, out_w,
+        horizontal_pass(src, htaps, y_first, y_last, out_w,
                         scratch.rows.data(), scratch);
         vertical_pass(scratch.rows.data(), static_cast<std::ptrdiff_t>(out_w) * 3, vtaps, y_first, out_h, out_w, dst);
         return;
@@ -295,7 +296,7 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
     scratch.columns.resize(static_cast<std::size_t>(out_h) * src.width * 3);
     vertical_pass(rows, row_stride, vtaps, y_first, out_h, src.width, scratch.columns.data());
     const ImageView shrunk{scratch.columns.data(), out_h, src.width, 3, static_cast<std::ptrdiff_t>(src.width) * 3, 3, 1};
-    horizontal_pass(shrunk, compute_taps(src.width, box.x0, box.x1, out_w), 0, out_h, out_w, dst, scratch);
+    horizontal_pass(shrunk, htaps, 0, out_h, out_w, dst, scratch);
 }
 
 }  // namespace wbc

@@ -39,8 +39,32 @@ struct Taps {
 
 Taps compute_taps(int in_size, float in0, float in1, int out_size);
 
+// The taps of the last resampling asked for: a batch of same-size images
+// computes them once instead of per image.
+class TapsCache {
+public:
+    const Taps& get(int in_size, float in0, float in1, int out_size) {
+        if (in_size != in_size_ || in0 != in0_ || in1 != in1_ || out_size != out_size_) {
+            taps_ = compute_taps(in_size, in0, in1, out_size);
+            in_size_ = in_size;
+            in0_ = in0;
+            in1_ = in1;
+            out_size_ = out_size;
+        }
+        return taps_;
+    }
+
+private:
+    int in_size_ = -1;
+    float in0_ = 0.0f, in1_ = 0.0f;
+    int out_size_ = -1;
+    Taps taps_;
+};
+
 // Per-thread scratch memory, reused across images to avoid allocations.
 struct Scratch {
+    TapsCache horizontal_taps;
+    TapsCache vertical_taps;
     std::vector<std::uint8_t> strip;      // a strip of source rows, column-major
     std::vector<std::uint8_t> rows;       // rows between the passes, or converted to RGB
     std::vector<std::uint8_t> columns;    // the vertical pass's output when it runs first
