@@ -87,6 +87,51 @@ void load_rgb_row(const ImageView& s, int y, std::uint8_t* dst) {
     for (int x = 0; x < s.width; ++x) load_rgb(s, y, x, dst + 3 * x);
 }
 
+#if defined(__clang__) || __GNUC__ >= 12
+#define WBC_BLOCK_TRANSPOSE 1
+typedef std::uint32_t v8u32 __attribute__((vector_size(32)));
+
+// Eight full rows of packed RGB, pixels [x0, x0 + 8): strip slots x0..x0+7
+// get their 24 bytes (8 rows x RGB); 8 junk bytes spill into slot x0 + 8,
+// which is written after. Reads 32 bytes per row from pixel x0, so the
+// caller keeps x0 + 11 <= width. Each row is widened to RGBX, the 8 x 8
+// block of 32-bit pixels transposed, and X dropped again.
+WBC_HOT void transpose_block(const std::uint8_t* row0, std::ptrdiff_t row_stride, std::uint8_t* out) {
+    v8u32 p[8];
+    for (int r = 0; r < 8; ++r) {
+        v32u bytes;
+        std::memcpy(&bytes, row0 + r * row_stride, 32);
+        const v32u rgbx = __builtin_shufflevector(bytes, bytes, 0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0,
+                                                  12, 13, 14, 0, 15, 16, 17, 0, 18, 19, 20, 0, 21, 22, 23, 0);
+        p[r] = reinterpret_cast<v8u32>(rgbx);
+    }
+    // p[r][x] -> q[x][r]: three butterfly stages over pairs of rows.
+    v8u32 a[8], b[8];
+    for (int r = 0; r < 8; r += 2) {
+        a[r] = __builtin_shufflevector(p[r], p[r + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+        a[r + 1] = __builtin_shufflevector(p[r], p[r + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    }
+    for (int r = 0; r < 8; r += 4) {
+        for (int j = 0; j < 2; ++j) {
+            b[r + j] = __builtin_shufflevector(a[r + j], a[r + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            b[r + j + 2] = __builtin_shufflevector(a[r + j], a[r + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        p[j] = __builtin_shufflevector(b[j], b[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        p[j + 4] = __builtin_shufflevector(b[j], b[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+    // p[j] now holds pixel x0 + j of rows 0..7; ascending stores, so each
+    // one's spill is overwritten by the next.
+    for (int j = 0; j < 8; ++j) {
+        const v32u bytes = reinterpret_cast<v32u>(p[j]);
+        const v32u rgb = __builtin_shufflevector(bytes, bytes, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 16, 17, 18,
+                                                 20, 21, 22, 24, 25, 26, 28, 29, 30, 0, 0, 0, 0, 0, 0, 0, 0);
+        std::memcpy(out + j * kStripLanes, &rgb, 32);
+    }
+}
+#endif
+
 // Transposes rows [y0, y0 + n) of the source into strip[x][r][c]
 // (kStripLanes bytes per source column). Lanes of rows >= n hold junk that
 // is computed on and never written out.
@@ -105,6 +150,20 @@ void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
     // compiler reload them (and multiply) on every pixel.
     const int last = s.width - 1;
     const std::ptrdiff_t col_stride = s.col_stride;
+#ifdef WBC_BLOCK_TRANSPOSE
+    if (n == kStripRows && col_stride == 3) {
+        const std::uint8_t* row0 = s.data + y0 * s.row_stride;
+        int x = 0;
+        // Ascending blocks: each block's spill is overwritten by the next.
+        for (; x + 11 <= s.width; x += 8) transpose_block(row0 + x * 3, s.row_stride, strip + x * kStripLanes);
+        for (; x < s.width; ++x) {
+            for (int r = 0; r < kStripRows; ++r) {
+                std::memcpy(strip + x * kStripLanes + 3 * r, row0 + r * s.row_stride + x * 3, 3);
+            }
+        }
+        return;
+    }
+#endif
     for (int r = 0; r < n; ++r) {
         const std::uint8_t* src = s.data + (y0 + r) * s.row_stride;
         std::uint8_t* out = strip + 3 * r;
