@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.workload import tile
 from wbc_edge import preprocess_batch
 from wbc_edge.models import VARIANTS, make_command, variant_path
 
@@ -26,14 +27,9 @@ assert set(ONNX_VARIANTS) == set(VARIANTS)
 
 @pytest.fixture(scope="module")
 def cell_batch(decoded_images, model_metadata) -> np.ndarray:
-    """Real cells at the model's input size, uint8 NHWC (tiled up to a batch by _tile)."""
+    """Real cells at the model's input size, uint8 NHWC (tiled up to a batch by workload.tile)."""
     meta = model_metadata
     return preprocess_batch(decoded_images, meta.input_size, policy=meta.resize_policy)
-
-
-def _tile(cells: np.ndarray, batch: int) -> np.ndarray:
-    reps = -(-batch // len(cells))
-    return np.ascontiguousarray(np.concatenate([cells] * reps)[:batch])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +94,7 @@ def test_prototype_model_call(measure, prototype, torch_threads, cell_batch):
 @pytest.mark.parametrize("variant", list(ONNX_VARIANTS))
 def test_onnxruntime(measure, onnx_runners, all_threads, cell_batch, variant, batch):
     runner = onnx_runners(variant)
-    images = _tile(cell_batch, batch)
+    images = tile(cell_batch, batch)
     logits = measure(lambda: runner.infer(images), stage="inference", name=f"onnxruntime {variant}",
                      backend="onnxruntime", precision=variant, images=batch, batch=batch,
                      threads=all_threads, note=ONNX_VARIANTS[variant])
@@ -106,7 +102,7 @@ def test_onnxruntime(measure, onnx_runners, all_threads, cell_batch, variant, ba
 
 
 def test_torch_backend(measure, torch_runner, torch_threads, cell_batch, batch):
-    images = _tile(cell_batch, batch)
+    images = tile(cell_batch, batch)
     logits = measure(lambda: torch_runner.infer(images), stage="inference", name="torch backend (CPU)",
                      backend="torch", precision="fp32", images=batch, batch=batch,
                      threads=torch_threads, note="TorchRunner: uint8 NHWC in, channels-last, inference_mode")

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from benchmarks.workload import tile
 from wbc_edge import preprocess_batch
 
 SIZES = (96, 128, 160, 224)
@@ -47,7 +48,7 @@ def test_onnxruntime_fp32_at_input_size(measure, onnx_at_size, decoded_images, a
     from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
 
     cells = preprocess_batch(decoded_images, (size, size))
-    images = np.ascontiguousarray(np.resize(cells, (BATCH, size, size, 3)))  # tiles the real cells
+    images = tile(cells, BATCH)
     with OnnxRuntimeRunner(onnx_at_size(size), num_threads=all_threads) as runner:
         logits = measure(lambda: runner.infer(images), stage="input size",
                          name=f"onnxruntime FP32 at {size}x{size}", backend="onnxruntime", precision="fp32",

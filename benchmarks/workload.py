@@ -66,3 +66,11 @@ def link_folder(images: ImageSet, folder: Path) -> Path:
         if not link.exists():
             link.symlink_to(path.resolve())
     return folder
+
+
+def tile(cells, batch: int):
+    """``batch`` images made by repeating ``cells`` (n, H, W, 3) in order, C-contiguous."""
+    import numpy as np
+
+    reps = -(-batch // len(cells))
+    return np.ascontiguousarray(np.concatenate([cells] * reps)[:batch])

@@ -150,27 +150,24 @@ void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
     // compiler reload them (and multiply) on every pixel.
     const int last = s.width - 1;
     const std::ptrdiff_t col_stride = s.col_stride;
+    int x_begin = 0;
 #ifdef WBC_BLOCK_TRANSPOSE
+    // Full strips of packed RGB: 8 x 8-pixel blocks, ascending (each block's
+    // spill is overwritten by the next, or by the copy below).
     if (n == kStripRows && col_stride == 3) {
         const std::uint8_t* row0 = s.data + y0 * s.row_stride;
-        int x = 0;
-        // Ascending blocks: each block's spill is overwritten by the next.
-        for (; x + 11 <= s.width; x += 8) transpose_block(row0 + x * 3, s.row_stride, strip + x * kStripLanes);
-        for (; x < s.width; ++x) {
-            for (int r = 0; r < kStripRows; ++r) {
-                std::memcpy(strip + x * kStripLanes + 3 * r, row0 + r * s.row_stride + x * 3, 3);
-            }
+        for (; x_begin + 11 <= s.width; x_begin += 8) {
+            transpose_block(row0 + x_begin * 3, s.row_stride, strip + x_begin * kStripLanes);
         }
-        return;
     }
 #endif
     for (int r = 0; r < n; ++r) {
-        const std::uint8_t* src = s.data + (y0 + r) * s.row_stride;
-        std::uint8_t* out = strip + 3 * r;
+        const std::uint8_t* src = s.data + (y0 + r) * s.row_stride + x_begin * col_stride;
+        std::uint8_t* out = strip + x_begin * kStripLanes + 3 * r;
         if (r + 1 < kStripRows) {
-            for (int x = 0; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 4);
+            for (int x = x_begin; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 4);
         } else {
-            for (int x = 0; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 3);
+            for (int x = x_begin; x < last; ++x, src += col_stride, out += kStripLanes) std::memcpy(out, src, 3);
         }
         std::memcpy(out, src, 3);
     }

@@ -56,3 +56,21 @@ def pbc_dir() -> Path:
     if not value or not (Path(value) / "manifest.csv").is_file():
         pytest.skip("the full PBC dataset is not available: set WBC_EDGE_PBC_DIR to its folder (with manifest.csv)")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def shipped_fp32_checkpoint(tmp_path_factory) -> Path:
+    """The shipped FP32 model's weights as a wbc-edge checkpoint (rebuilt from
+    the ONNX), for tests of the torch backend."""
+    pytest.importorskip("torch", reason="PyTorch is needed (pip install 'wbc-edge[torch]')")
+    from wbc_edge.models import variant_path
+
+    fp32 = variant_path("fp32")
+    if not fp32.is_file():
+        pytest.skip(f"the FP32 model {fp32.name} is not in this checkout")
+    from benchmarks.prototype import load_prototype_model
+    from wbc_edge.training.checkpoint import save_checkpoint
+
+    net, meta, _ = load_prototype_model(onnx_path=fp32)
+    return save_checkpoint({"model": net.state_dict(), "meta": meta.to_dict()},
+                           tmp_path_factory.mktemp("ckpt") / "rebuilt.pt")

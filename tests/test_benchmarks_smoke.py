@@ -236,55 +236,41 @@ def test_concurrent_timing_counts_every_call():
 # ------------------------------------------------------------ torch backend
 
 @pytest.fixture(scope="module")
-def rebuilt_checkpoint(tmp_path_factory):
-    """The shipped FP32 model's weights as a wbc-edge checkpoint."""
-    pytest.importorskip("torch", reason="PyTorch is needed (pip install 'wbc-edge[torch]')")
-    if not FP32_MODEL.is_file():
-        pytest.skip(f"the FP32 model {FP32_MODEL.name} is not in this checkout")
-    from benchmarks.prototype import load_prototype_model
-    from wbc_edge.training.checkpoint import save_checkpoint
-
-    net, meta, _ = load_prototype_model(onnx_path=FP32_MODEL)
-    return save_checkpoint({"model": net.state_dict(), "meta": meta.to_dict()},
-                           tmp_path_factory.mktemp("ckpt") / "rebuilt.pt")
-
-
-@pytest.fixture(scope="module")
 def sample_batch(sample_paths):
     return preprocess_batch(decode_images(per_class(sample_paths, 2)), (128, 128))
 
 
-def test_torch_backend_cpu_matches_onnxruntime(rebuilt_checkpoint, sample_batch):
+def test_torch_backend_cpu_matches_onnxruntime(shipped_fp32_checkpoint, sample_batch):
     from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
     from wbc_edge.backends.torch import TorchRunner
 
     with OnnxRuntimeRunner(FP32_MODEL) as reference:
         expected = reference.infer(sample_batch)
     for channels_last in (True, False):
-        with TorchRunner(rebuilt_checkpoint, device="cpu", channels_last=channels_last) as runner:
+        with TorchRunner(shipped_fp32_checkpoint, device="cpu", channels_last=channels_last) as runner:
             assert runner.half is False and runner.describe()["device"] == "cpu"
             np.testing.assert_allclose(runner.infer(sample_batch), expected, atol=1e-3, rtol=1e-3)
             strided = np.ascontiguousarray(sample_batch[::-1])[::-1]  # a non-contiguous view
             np.testing.assert_allclose(runner.infer(strided), expected, atol=1e-3, rtol=1e-3)
 
 
-def test_torch_backend_refuses_devices_it_cannot_use(rebuilt_checkpoint):
+def test_torch_backend_refuses_devices_it_cannot_use(shipped_fp32_checkpoint):
     import torch
 
     from wbc_edge.backends.torch import TorchRunner
     from wbc_edge.errors import WbcEdgeError
 
     with pytest.raises(WbcEdgeError, match="not a device PyTorch knows"):
-        TorchRunner(rebuilt_checkpoint, device="gpu0")
+        TorchRunner(shipped_fp32_checkpoint, device="gpu0")
     with pytest.raises(WbcEdgeError, match="streams"):
-        TorchRunner(rebuilt_checkpoint, streams=0)
+        TorchRunner(shipped_fp32_checkpoint, streams=0)
     if not torch.cuda.is_available():
         with pytest.raises(WbcEdgeError, match="no CUDA GPU"):
-            TorchRunner(rebuilt_checkpoint, device="cuda")
+            TorchRunner(shipped_fp32_checkpoint, device="cuda")
 
 
 @pytest.mark.gpu
-def test_torch_backend_cuda_fp16_pinned_streams(rebuilt_checkpoint, sample_batch):
+def test_torch_backend_cuda_fp16_pinned_streams(shipped_fp32_checkpoint, sample_batch):
     """On a GPU: FP16 + channels-last + pinned staging give the FP32 CPU
     labels; concurrent calls on the two streams give what serial calls give."""
     import torch
@@ -293,9 +279,9 @@ def test_torch_backend_cuda_fp16_pinned_streams(rebuilt_checkpoint, sample_batch
         pytest.skip("needs a CUDA GPU (PyTorch sees none here)")
     from wbc_edge.backends.torch import TorchRunner
 
-    with TorchRunner(rebuilt_checkpoint, device="cpu") as cpu:
+    with TorchRunner(shipped_fp32_checkpoint, device="cpu") as cpu:
         expected = cpu.infer(sample_batch)
-    with TorchRunner(rebuilt_checkpoint, device="cuda") as gpu:
+    with TorchRunner(shipped_fp32_checkpoint, device="cuda") as gpu:
         assert gpu.half and gpu.describe()["streams"] == 2
         got = gpu.infer(sample_batch)
         np.testing.assert_allclose(got, expected, atol=0.1, rtol=0.05)
@@ -319,7 +305,7 @@ def test_torch_backend_cuda_fp16_pinned_streams(rebuilt_checkpoint, sample_batch
 
 
 @pytest.mark.gpu
-def test_torch_backend_cuda_batch_protocol(rebuilt_checkpoint, sample_batch, sample_paths):
+def test_torch_backend_cuda_batch_protocol(shipped_fp32_checkpoint, sample_batch, sample_paths):
     """reserve/submit/collect on CUDA: batches in flight at once give what
     infer gives; a thread holding every slot is told so instead of hanging;
     the Classifier, which uses the protocol, labels real cells as the CPU does."""
@@ -330,7 +316,7 @@ def test_torch_backend_cuda_batch_protocol(rebuilt_checkpoint, sample_batch, sam
     from wbc_edge.backends.torch import TorchRunner
     from wbc_edge.classifier import Classifier
 
-    with TorchRunner(rebuilt_checkpoint, device="cuda", streams=2) as gpu:
+    with TorchRunner(shipped_fp32_checkpoint, device="cuda", streams=2) as gpu:
         expected = gpu.infer(sample_batch)
         first = gpu.reserve(len(sample_batch))
         np.copyto(first.inputs, sample_batch)
@@ -350,8 +336,8 @@ def test_torch_backend_cuda_batch_protocol(rebuilt_checkpoint, sample_batch, sam
         with pytest.raises(RuntimeError, match="free"):
             gpu.submit(spare)
     paths = per_class(sample_paths, 2)
-    with Classifier.load(rebuilt_checkpoint, backend="torch", device="cpu") as cpu, \
-            Classifier.load(rebuilt_checkpoint, backend="torch", device="cuda", batch_size=5) as cuda:
+    with Classifier.load(shipped_fp32_checkpoint, backend="torch", device="cpu") as cpu, \
+            Classifier.load(shipped_fp32_checkpoint, backend="torch", device="cuda", batch_size=5) as cuda:
         expected_labels = [p.label for p in cpu.predict_batch(paths)]
         labels = [p.label for p in cuda.predict_stream(paths)]
     assert sum(a == b for a, b in zip(labels, expected_labels)) >= 0.9 * len(paths)

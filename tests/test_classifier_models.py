@@ -7,7 +7,6 @@ shipped variants can be checked whatever this install ships."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -126,24 +125,12 @@ def test_unknown_backend_and_precision():
         Classifier.load(precision="fp8")
 
 
-@pytest.mark.skipif("fp32" not in SHIPPED, reason="this install ships no FP32 model")
-def test_checkpoint_runs_on_torch(tmp_path):
+def test_checkpoint_runs_on_torch(shipped_fp32_checkpoint):
     """auto picks torch for a checkpoint (here the shipped FP32 model's weights
     saved as one); int8 is refused there with where it runs."""
-    pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    import torch
-
-    from wbc_edge.export.weight_storage import state_dict_from_onnx
-    from wbc_edge.metadata import ModelMetadata
-    from wbc_edge.training.checkpoint import save_checkpoint
-
-    fp32 = SHIPPED["fp32"]
-    state = {k: torch.from_numpy(v.copy()) for k, v in state_dict_from_onnx(onnx.load(str(fp32.path))).items()}
-    meta = ModelMetadata.load(fp32.metadata_path)
-    checkpoint = save_checkpoint({"model": state, "meta": meta.to_dict()}, tmp_path / "best.pt")
+    checkpoint = shipped_fp32_checkpoint
     example = sorted((models.MODELS_DIR.parent.parent / "examples").glob("*.jpg"))[0]
-    with Classifier.load(checkpoint, precision="fp32") as c, Classifier.load(fp32.path) as reference:
+    with Classifier.load(checkpoint, precision="fp32") as c, Classifier.load(SHIPPED["fp32"].path) as reference:
         assert (c.backend, c.precision) == ("torch", "fp32")
         got, want = c.predict(example), reference.predict(example)
         assert got.ok and got.label == want.label
