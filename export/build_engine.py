@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TextIO
 
 from wbc_edge.backends import cuda
-from wbc_edge.backends.tensorrt import import_tensorrt, make_logger
+from wbc_edge.backends.tensorrt import import_tensorrt, make_logger, start_tensorrt
 from wbc_edge.backends.tensorrt_compat import (HARDWARE_LEVELS, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord,
-                                               missing_for)
+                                               check_driver, missing_for, tensorrt_cuda_major)
 from wbc_edge.errors import MetadataError, MissingDependencyError, WbcEdgeError
 from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata, resolve_metadata, sha256_of, sidecar_path
 
@@ -68,15 +68,14 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     trt = import_tensorrt("full")
     cuda.set_device(device)
     gpu = cuda.device_info(device)
+    check_driver(tensorrt_cuda_major("tensorrt"), gpu.driver_version, f"TensorRT {trt.__version__}")
     if hardware_compatible == "ampere+" and gpu.compute_capability < (8, 0):
         raise WbcEdgeError(f"--hardware-compatible ampere+ needs an Ampere or newer GPU to build on; this is "
                            f"{gpu.name} (compute capability {gpu.compute_capability_str})")
 
     started = time.monotonic()
     logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise EngineBuildError(f"TensorRT could not start its builder: {logger.last_errors()}")
+    builder = start_tensorrt(trt.Builder, logger, "builder")
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):

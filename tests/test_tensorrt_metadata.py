@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from wbc_edge.backends.tensorrt import load_engine_metadata
-from wbc_edge.backends.tensorrt_compat import (EngineRecord, RuntimeFacts, check_engine, check_plan_digest,
-                                               parse_compute_capability, parse_version)
-from wbc_edge.errors import MetadataError, ModelMismatchError
+from wbc_edge.backends.tensorrt_compat import (EngineRecord, RuntimeFacts, check_driver, check_engine,
+                                               check_plan_digest, parse_compute_capability, parse_version,
+                                               tensorrt_cuda_major)
+from wbc_edge.errors import MetadataError, ModelMismatchError, WbcEdgeError
 from wbc_edge.export.build_engine import engine_metadata, onnx_metadata
 from wbc_edge.metadata import ModelMetadata
 
@@ -188,3 +190,31 @@ def test_version_and_compute_capability_parsing():
     assert parse_version("10.3.0.30") == (10, 3, 0, 30)
     assert parse_version("11.4.0.106") > parse_version("10.16.1.11")
     assert parse_compute_capability("8.9") == (8, 9) and parse_compute_capability([12, 0]) == (12, 0)
+
+
+@pytest.mark.parametrize("cuda_major, driver, refused", [
+    (13, 13000, None), (13, 13020, None), (12, 13000, None),  # same or newer driver: fine
+    (13, 12080, "this driver supports CUDA 12.8.*tensorrt-cu12"),  # an older driver: refused, with the way out
+    (13, 0, "no NVIDIA driver was found"),
+    (None, 12080, None),  # TensorRT from JetPack: its name does not say, nothing to check
+])
+def test_driver_older_than_tensorrt_s_cuda_is_refused(cuda_major, driver, refused):
+    if refused is None:
+        check_driver(cuda_major, driver)
+    else:
+        with pytest.raises(WbcEdgeError, match=f"built for CUDA {cuda_major} and needs an NVIDIA driver for "
+                                               f"CUDA {cuda_major} or newer; {refused}"):
+            check_driver(cuda_major, driver, "TensorRT 11.4.0.106")
+
+
+def test_tensorrt_cuda_major_read_from_the_installed_distribution():
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_lean") is None:
+        pytest.skip("tensorrt_lean is not installed (pip install tensorrt-lean-cu13)")
+    names = importlib.metadata.packages_distributions()["tensorrt_lean"]
+    expected = int(re.search(r"cu(\d+)", " ".join(names)).group(1))  # e.g. tensorrt_lean_cu13 -> 13
+    assert tensorrt_cuda_major("tensorrt_lean") == expected
+    assert tensorrt_cuda_major("numpy") is None  # installed, but its name says no CUDA
+    assert tensorrt_cuda_major("no_such_module") is None

@@ -131,6 +131,38 @@ def test_lean_runtime_without_gpu_names_the_cuda_error(engine_file):
         TensorRTRunner(engine_file(version_compatible=True), runtime="lean")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_lean") is None, reason="tensorrt_lean is not installed")
+@pytest.mark.skipif(_gpu_here(), reason="this machine has a GPU")
+def test_tensorrt_that_cannot_reach_cuda_is_refused_and_kept():
+    """The real lean runtime without a CUDA driver: ``Runtime(logger)`` returns
+    an object and only logs the CUDA failure; using or freeing that object kills
+    the process. start_tensorrt must raise, twice over, and the process live on.
+    (Run in a child: the kept object still crashes the interpreter's exit.)"""
+    import subprocess
+
+    code = """
+import os, tensorrt_lean as trt
+from wbc_edge.backends.tensorrt import make_logger, start_tensorrt
+logger = make_logger(trt)
+for _ in range(2):
+    try:
+        start_tensorrt(trt.Runtime, logger, "runtime")
+    except Exception as error:
+        print(type(error).__name__, "|", error, "|", logger.error_count, flush=True)
+print("alive", flush=True)
+os._exit(0)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[-1] == "alive", (result.returncode, result.stdout, result.stderr[-2000:])
+    first, second = (line.split(" | ") for line in lines[:2])
+    for kind, message, _ in (first, second):
+        assert kind == "WbcEdgeError" and message.startswith("TensorRT could not start its runtime: ")
+        assert "CUDA" in message and message.endswith("check the GPU and its driver with nvidia-smi")
+    # The second refusal reports its own errors, not the first one's again.
+    assert int(second[2]) > int(first[2]) and second[1].count("Error Code") == first[1].count("Error Code")
+
+
 def test_backend_refuses_bad_options_and_files(engine_file, tmp_path):
     with pytest.raises(WbcEdgeError, match="engine not found"):
         TensorRTRunner(tmp_path / "none.engine")

@@ -37,8 +37,8 @@ from ..metadata import ModelMetadata, sidecar_path
 from . import cuda
 from .base import Runner
 from .cuda_pipeline import Batch, BatchPipeline, Slot
-from .tensorrt_compat import (INSTALL_LEAN, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord, RuntimeFacts,
-                              check_engine, check_plan_digest)
+from .tensorrt_compat import (INSTALL_LEAN, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord, RuntimeFacts, check_driver,
+                              check_engine, check_plan_digest, tensorrt_cuda_major)
 
 RUNTIMES = ("auto", "full", "lean")
 
@@ -72,22 +72,52 @@ def make_logger(trt, name: str = "wbc_edge.tensorrt"):
         def __init__(self):
             trt.ILogger.__init__(self)  # pybind11 needs the base initialised explicitly
             self.errors: collections.deque[str] = collections.deque(maxlen=20)
+            self.error_count = 0  # all errors so far (``errors`` keeps only the last 20)
             self._log = logging.getLogger(name)
 
         def log(self, severity, msg):
             level = int(severity)  # 0 internal error, 1 error, 2 warning, 3 info, 4 verbose
             if level <= 1:
                 self.errors.append(msg)
+                self.error_count += 1
                 self._log.error(msg)
             elif level == 2:
                 self._log.warning(msg)
             elif level == 3:
                 self._log.info(msg)
 
-        def last_errors(self) -> str:
-            return "; ".join(self.errors) if self.errors else "TensorRT gave no reason (see its log above)"
+        def last_errors(self, since: int = 0) -> str:
+            """The kept errors, or only those logged after the ``since``-th."""
+            recent = list(self.errors)[-(self.error_count - since):] if self.error_count > since else []
+            return "; ".join(recent) if recent else "TensorRT gave no reason (see its log above)"
 
     return Logger()
+
+
+#: TensorRT objects that failed to start (see start_tensorrt); never freed.
+_UNUSABLE: list = []
+
+
+def start_tensorrt(factory, logger, what: str):
+    """``factory(logger)`` (``trt.Runtime`` or ``trt.Builder``), refused with a
+    WbcEdgeError when TensorRT logs an error while starting.
+
+    TensorRT hands back a live-looking object even when it could not initialise
+    CUDA (it only logs the error), and the next call on that object kills the
+    process: seen with tensorrt_lean 11.4 and no usable CUDA driver, where
+    ``Runtime(logger).deserialize_cuda_engine(...)``, or freeing the Runtime,
+    ends in SIGSEGV. Callers check the driver first (``check_driver``), so this
+    is the last line of defence; the process may still die when it exits.
+    """
+    errors_before = logger.error_count
+    started = factory(logger)
+    if started is None or logger.error_count > errors_before:
+        if started is not None:
+            _UNUSABLE.append(started)  # freeing it crashes too: keep it for the life of the process
+        reason = logger.last_errors(since=errors_before)
+        hint = cuda.NO_DEVICE_HINT if "cuda" in reason.lower() else ""
+        raise WbcEdgeError(f"TensorRT could not start its {what}: {reason}{hint}")
+    return started
 
 
 def load_engine_metadata(path: Path) -> tuple[ModelMetadata, EngineRecord]:
@@ -182,14 +212,13 @@ class TensorRTRunner(Runner):
                                strict_gpu=strict_gpu, where=str(self.path))
         for message in verdict.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
+        check_driver(tensorrt_cuda_major("tensorrt_lean" if self.lean else "tensorrt"), gpu.driver_version,
+                     f"{'tensorrt_lean' if self.lean else 'TensorRT'} {self.tensorrt_version}")
         plan = self.path.read_bytes()
         check_plan_digest(plan, self.record, where=str(self.path))
 
         self._logger = make_logger(trt)
-        runtime = trt.Runtime(self._logger)
-        if runtime is None:
-            raise WbcEdgeError(f"TensorRT could not start: {self._logger.last_errors()}")
-        self._runtime = runtime
+        runtime = self._runtime = start_tensorrt(trt.Runtime, self._logger, "runtime")
         if verdict.allow_host_code:
             # A version-compatible plan carries the lean runtime that executes it; TensorRT loads that code
             # only when told the plan is trusted. It is: its sha256 matched the JSON written when it was built.

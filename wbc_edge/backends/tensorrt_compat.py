@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import MetadataError, ModelMismatchError
+from ..errors import MetadataError, ModelMismatchError, WbcEdgeError
 from ..metadata import ModelMetadata
 
 INSTALL_TENSORRT = "pip install 'wbc-edge[tensorrt]'"
@@ -213,6 +213,42 @@ def check_plan_digest(plan: bytes, record: EngineRecord, where: str = "engine") 
         raise ModelMismatchError(
             f"{where}: the engine does not match its JSON (sha256 differs): one of the two was replaced after "
             "'wbc-edge build-engine' wrote them; rebuild the engine, or put its own JSON beside it")
+
+
+# --- the CUDA driver ------------------------------------------------------------
+
+
+def tensorrt_cuda_major(module: str) -> int | None:
+    """The CUDA major version a pip-installed TensorRT was built for, read from
+    its distribution's name (``tensorrt_cu13_bindings``, ``tensorrt_lean_cu13``
+    -> 13); None where the name does not say (JetPack's Debian packages)."""
+    from importlib.metadata import packages_distributions
+
+    for name in packages_distributions().get(module, []):
+        match = re.search(r"(?:^|[-_])cu(\d+)(?:[-_]|$)", name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def check_driver(cuda_major: int | None, driver_version: int, what: str = "TensorRT") -> None:
+    """Refuses a driver older than the CUDA that TensorRT was built for
+    (``driver_version`` as cudaDriverGetVersion gives it: 12080 for 12.8).
+
+    TensorRT links its CUDA runtime statically: under an older driver it still
+    hands back a Runtime or Builder, only logging "CUDA driver version is
+    insufficient", and that object crashes the process when used or freed.
+    """
+    if cuda_major is None or driver_version // 1000 >= cuda_major:
+        return
+    message = (f"{what} was built for CUDA {cuda_major} and needs an NVIDIA driver for CUDA {cuda_major} or "
+               "newer; ")
+    if not driver_version:
+        raise WbcEdgeError(message + f"no NVIDIA driver was found: install one ({NEEDS_GPU})")
+    major, minor = driver_version // 1000, driver_version % 1000 // 10
+    raise WbcEdgeError(message + f"this driver supports CUDA {major}.{minor}: update the driver (nvidia-smi "
+                       f"shows the CUDA version it supports), or install TensorRT built for CUDA {major} "
+                       f"(the tensorrt-cu{major} packages)")
 
 
 # --- what is installed -------------------------------------------------------
