@@ -1,6 +1,8 @@
 """API conformance without a GPU: every TensorRT runtime class, method and
 enum the backend uses, and every cuda-python runtime function the CUDA code
-calls, exist in NVIDIA's real Python bindings.
+calls, exist in NVIDIA's real Python bindings, and are called the way those
+bindings document: argument counts and keywords, methods called and
+properties read or set, and as many values unpacked as the call returns.
 
 The names are read from the backend's source (tests/tensorrt_api_usage.py),
 and checked against ``tensorrt_lean`` (the lean runtime's bindings import
@@ -11,11 +13,13 @@ without a GPU: ``pip install tensorrt-lean-cu13``, about 105 MB) and
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
-from tests.tensorrt_api_usage import (BUILD_FILES, BUILD_RECEIVERS, CUDA_FILES, RUNTIME_FILES, RUNTIME_RECEIVERS,
-                                      cuda_runtime_usage, resolve, tensorrt_usage)
+from tests.tensorrt_api_usage import (BUILD_FILES, BUILD_RECEIVERS, CUDA_FILES, CUDA_STRUCT_RECEIVERS, RUNTIME_FILES,
+                                      RUNTIME_RECEIVERS, Call, cuda_runtime_calls, cuda_runtime_usage, cuda_struct_reads,
+                                      cython_signature, documented_returns, pybind_signatures, resolve, tensorrt_usage)
 from wbc_edge.backends.tensorrt import TENSORRT_10_FALLBACKS
 from wbc_edge.backends.tensorrt_compat import HARDWARE_LEVELS
 
@@ -35,6 +39,11 @@ def lean():
 @pytest.fixture(scope="module")
 def lean_major(lean):
     return int(lean.__version__.split(".")[0])
+
+
+@pytest.fixture(scope="module")
+def cuda_runtime():
+    return _import_or_skip("cuda.bindings.runtime", "pip install cuda-bindings")
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +118,80 @@ def test_no_api_that_tensorrt_11_removed(lean, lean_major):
         assert not hasattr(lean.ICudaEngine, "create_execution_context_without_device_memory")
 
 
-def test_cuda_runtime_functions_exist_in_cuda_python():
-    runtime = _import_or_skip("cuda.bindings.runtime", "pip install cuda-bindings")
+def test_cuda_runtime_functions_exist_in_cuda_python(cuda_runtime):
+    runtime = cuda_runtime
     used = cuda_runtime_usage(CUDA_FILES)
     assert ("cudaMemcpyAsync",) in used and ("cudaMallocHost",) in used and ("cudaStreamBeginCapture",) in used
     missing = [".".join(path) for path in used if not resolve(runtime, path)]
+    assert not missing, f"cuda.bindings.runtime lacks {missing}"
+
+
+def _where(calls) -> str:
+    return ", ".join(call.where for call in calls)
+
+
+def test_runtime_calls_fit_the_documented_signatures(lean, runtime_usage):
+    """Each call's arguments fit one of the binding's overloads (pybind11
+    writes them into the docstring): a wrong count would only fail on a GPU."""
+    wrong = []
+    for (cls, name), calls in sorted(runtime_usage.calls.items()):
+        owner = getattr(lean, cls)
+        if not hasattr(owner, name):
+            continue  # a TensorRT 10 fallback: its absence is checked above
+        if isinstance(inspect.getattr_static(owner, name), property):
+            wrong.append(f"{cls}.{name} is a property but is called at {_where(calls)}")
+            continue
+        signatures = pybind_signatures(getattr(owner, name), name)
+        assert signatures, f"no signature found in the docstring of {cls}.{name}"
+        wrong += [f"{cls}.{name} called with {call.args} argument(s) {sorted(call.keywords)} at {call.where}; "
+                  f"it takes {[s.names for s in signatures]}" for call in calls
+                  if not any(signature.accepts(call) for signature in signatures)]
+    assert not wrong, "\n".join(wrong)
+    # The check can fail: one argument too many or too few is refused.
+    signatures = pybind_signatures(lean.IExecutionContext.set_tensor_address, "set_tensor_address")
+    assert [s.names for s in signatures] == [("name", "memory")]
+    assert not any(s.accepts(Call(n, frozenset(), "here")) for s in signatures for n in (1, 3))
+
+
+def test_runtime_attributes_are_properties_that_can_be_set(lean, runtime_usage):
+    wrong = []
+    for cls, name in sorted(runtime_usage.reads | runtime_usage.stores):
+        owner = getattr(lean, cls)
+        if not hasattr(owner, name):
+            continue  # a TensorRT 10 fallback
+        attribute = inspect.getattr_static(owner, name)
+        if not isinstance(attribute, property):
+            wrong.append(f"{cls}.{name} is used as an attribute but is a {type(attribute).__name__}")
+        elif (cls, name) in runtime_usage.stores and attribute.fset is None:
+            wrong.append(f"{cls}.{name} is assigned but is read-only")
+    assert not wrong, "\n".join(wrong)
+    assert ("Runtime", "engine_host_code_allowed") in runtime_usage.stores
+    assert ("ICudaEngine", "num_io_tensors") in runtime_usage.reads
+
+
+def test_cuda_runtime_calls_fit_signatures_and_return_counts(cuda_runtime):
+    """Argument counts, and the values unpacked from each call (the
+    cudaError_t first), against cuda-python's embedded signatures and the
+    Returns section of each function's documentation."""
+    calls = cuda_runtime_calls(CUDA_FILES)
+    # The reader sees both ways the code unpacks results, or the check would be empty.
+    assert all(c.takes is not None for name in ("cudaMemGetInfo", "cudaStreamEndCapture", "cudaMalloc")
+               for c in calls[name])
+    wrong = []
+    for name, uses in sorted(calls.items()):
+        function = getattr(cuda_runtime, name)
+        signature, returns = cython_signature(function), documented_returns(function)
+        for call in uses:
+            if not signature.accepts(call):
+                wrong.append(f"{name} called with {call.args} argument(s) at {call.where}; it takes {signature.names}")
+            if call.takes is not None and call.takes != returns:
+                wrong.append(f"{name} returns {returns} value(s), {call.where} unpacks {call.takes}")
+    assert not wrong, "\n".join(wrong)
+    assert documented_returns(cuda_runtime.cudaMemcpyAsync) == 1  # the count can differ from what is taken
+
+
+def test_cuda_struct_fields_exist(cuda_runtime):
+    fields = cuda_struct_reads(CUDA_FILES, CUDA_STRUCT_RECEIVERS)
+    assert ("cudaDeviceProp", "totalGlobalMem") in fields
+    missing = [f"{cls}.{name}" for cls, name in sorted(fields) if not hasattr(getattr(cuda_runtime, cls), name)]
     assert not missing, f"cuda.bindings.runtime lacks {missing}"
