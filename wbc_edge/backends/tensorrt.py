@@ -113,7 +113,7 @@ def start_tensorrt(factory, logger, what: str):
     started = factory(logger)
     if started is None or logger.error_count > errors_before:
         if started is not None:
-            _UNUSABLE.append(started)  # freeing it crashes too: keep it for the life of the process
+            _UNUSABLE.append((started, logger))  # freeing it crashes too; it may still call its logger
         reason = logger.last_errors(since=errors_before)
         hint = cuda.NO_DEVICE_HINT if "cuda" in reason.lower() else ""
         raise WbcEdgeError(f"TensorRT could not start its {what}: {reason}{hint}")
