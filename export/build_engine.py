@@ -19,7 +19,7 @@ from typing import TextIO
 from wbc_edge.backends import cuda
 from wbc_edge.backends.tensorrt import import_tensorrt, make_logger, start_tensorrt
 from wbc_edge.backends.tensorrt_compat import (HARDWARE_LEVELS, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord,
-                                               check_driver, missing_for, tensorrt_cuda_major)
+                                               check_driver_for, missing_for)
 from wbc_edge.errors import MetadataError, MissingDependencyError, WbcEdgeError
 from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata, resolve_metadata, sha256_of, sidecar_path
 
@@ -68,7 +68,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     trt = import_tensorrt("full")
     cuda.set_device(device)
     gpu = cuda.device_info(device)
-    check_driver(tensorrt_cuda_major("tensorrt"), gpu.driver_version, f"TensorRT {trt.__version__}")
+    check_driver_for(trt, gpu.driver_version)
     if hardware_compatible == "ampere+" and gpu.compute_capability < (8, 0):
         raise WbcEdgeError(f"--hardware-compatible ampere+ needs an Ampere or newer GPU to build on; this is "
                            f"{gpu.name} (compute capability {gpu.compute_capability_str})")

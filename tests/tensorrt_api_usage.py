@@ -49,6 +49,12 @@ class Usage:
     reads: set[tuple[str, str]] = field(default_factory=set)
 
 
+def _trees(paths: list[Path]):
+    """(path, syntax tree) of each source file."""
+    for path in paths:
+        yield path, ast.parse(path.read_text(), filename=str(path))
+
+
 def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
     return {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
 
@@ -84,8 +90,7 @@ def _receiver(node: ast.AST, receivers: dict[str, str]) -> str | None:
 
 def tensorrt_usage(paths: list[Path], receivers: dict[str, str]) -> Usage:
     usage = Usage()
-    for path in paths:
-        tree = ast.parse(path.read_text(), filename=str(path))
+    for path, tree in _trees(paths):
         parents = _parents(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
@@ -144,8 +149,7 @@ def cuda_runtime_calls(paths: list[Path]) -> dict[str, list[Call]]:
     """Every call of a cuda-python runtime function (``rt.f(...)`` or
     ``cudart().f(...)``), with its arguments and what is unpacked from it."""
     calls: dict[str, list[Call]] = {}
-    for path in paths:
-        tree = ast.parse(path.read_text(), filename=str(path))
+    for path, tree in _trees(paths):
         parents = _parents(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -159,8 +163,8 @@ def cuda_struct_reads(paths: list[Path], receivers: dict[str, str]) -> set[tuple
     """Fields read from cuda-python structs held in variables named as in
     ``receivers`` (``prop`` -> ``cudaDeviceProp``)."""
     used = set()
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for _, tree in _trees(paths):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in receivers:
                 used.add((receivers[node.value.id], node.attr))
     return used
@@ -172,8 +176,8 @@ CUDA_STRUCT_RECEIVERS = {"prop": "cudaDeviceProp"}
 def cuda_runtime_usage(paths: list[Path]) -> set[tuple[str, ...]]:
     """Attribute paths used on the cuda-python runtime module (``rt.x.y`` or ``cudart().x``)."""
     used = set()
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for _, tree in _trees(paths):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
                 chain = _chain(node)
                 if chain and chain[0] in ("rt", "cudart()"):

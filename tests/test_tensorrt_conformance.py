@@ -119,10 +119,9 @@ def test_no_api_that_tensorrt_11_removed(lean, lean_major):
 
 
 def test_cuda_runtime_functions_exist_in_cuda_python(cuda_runtime):
-    runtime = cuda_runtime
     used = cuda_runtime_usage(CUDA_FILES)
     assert ("cudaMemcpyAsync",) in used and ("cudaMallocHost",) in used and ("cudaStreamBeginCapture",) in used
-    missing = [".".join(path) for path in used if not resolve(runtime, path)]
+    missing = [".".join(path) for path in used if not resolve(cuda_runtime, path)]
     assert not missing, f"cuda.bindings.runtime lacks {missing}"
 
 
@@ -187,7 +186,7 @@ def test_cuda_runtime_calls_fit_signatures_and_return_counts(cuda_runtime):
             if call.takes is not None and call.takes != returns:
                 wrong.append(f"{name} returns {returns} value(s), {call.where} unpacks {call.takes}")
     assert not wrong, "\n".join(wrong)
-    assert documented_returns(cuda_runtime.cudaMemcpyAsync) == 1  # the count can differ from what is taken
+    assert documented_returns(cuda_runtime.cudaMemcpyAsync) == 1  # each function's own count, not a constant
 
 
 def test_cuda_struct_fields_exist(cuda_runtime):

@@ -37,8 +37,8 @@ from ..metadata import ModelMetadata, sidecar_path
 from . import cuda
 from .base import Runner
 from .cuda_pipeline import Batch, BatchPipeline, Slot
-from .tensorrt_compat import (INSTALL_LEAN, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord, RuntimeFacts, check_driver,
-                              check_engine, check_plan_digest, tensorrt_cuda_major)
+from .tensorrt_compat import (INSTALL_LEAN, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord, RuntimeFacts, check_driver_for,
+                              check_engine, check_plan_digest)
 
 RUNTIMES = ("auto", "full", "lean")
 
@@ -106,7 +106,7 @@ def start_tensorrt(factory, logger, what: str):
     CUDA (it only logs the error), and the next call on that object kills the
     process: seen with tensorrt_lean 11.4 and no usable CUDA driver, where
     ``Runtime(logger).deserialize_cuda_engine(...)``, or freeing the Runtime,
-    ends in SIGSEGV. Callers check the driver first (``check_driver``), so this
+    ends in SIGSEGV. Callers check the driver first (``check_driver_for``), so this
     is the last line of defence; the process may still die when it exits.
     """
     errors_before = logger.error_count
@@ -212,8 +212,7 @@ class TensorRTRunner(Runner):
                                strict_gpu=strict_gpu, where=str(self.path))
         for message in verdict.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
-        check_driver(tensorrt_cuda_major("tensorrt_lean" if self.lean else "tensorrt"), gpu.driver_version,
-                     f"{'tensorrt_lean' if self.lean else 'TensorRT'} {self.tensorrt_version}")
+        check_driver_for(trt, gpu.driver_version)
         plan = self.path.read_bytes()
         check_plan_digest(plan, self.record, where=str(self.path))
 
