@@ -14,7 +14,7 @@ PIPELINE_PACKAGES = {
 
 preprocess = Pybind11Extension(
     "wbc_edge._preprocess",
-    sources=["csrc/module.cpp", "csrc/resample.cpp"],
+    sources=["csrc/module.cpp", "csrc/resample.cpp", "csrc/cell_box.cpp"],
     include_dirs=["csrc"],
     cxx_std=17,
     # Exact floating point: the filter weights must match Pillow's bit for bit.

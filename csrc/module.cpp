@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cell_box.h"
 #include "resample.h"
 #include "thread_pool.h"
 
@@ -81,23 +82,15 @@ ImageView view_of(const py::handle& obj, std::size_t i) {
     return v;
 }
 
-// The source region for a resize policy: the whole image ("stretch"), or its
-// largest centred part with the output's aspect ratio ("center_crop").
-Box box_for(const ImageView& v, const std::string& policy, int out_h, int out_w) {
+// The source region for a resize policy: the whole image ("stretch"), its
+// largest centred part with the output's aspect ratio ("center_crop"), or a
+// standard field around the white cell ("cell_center", see cell_box.h).
+wbc::CellBox box_for(const ImageView& v, const std::string& policy, int out_h, int out_w) {
     if (policy == "stretch") {
-        return Box{0.0f, 0.0f, static_cast<float>(v.width), static_cast<float>(v.height)};
+        return {Box{0.0f, 0.0f, static_cast<float>(v.width), static_cast<float>(v.height)}, true};
     }
-    // center_crop
-    const double target = static_cast<double>(out_w) / out_h;
-    double w = v.width, h = v.height;
-    if (w / h > target) {
-        w = h * target;
-    } else {
-        h = w / target;
-    }
-    const double x0 = (v.width - w) / 2.0, y0 = (v.height - h) / 2.0;
-    return Box{static_cast<float>(x0), static_cast<float>(y0), static_cast<float>(x0 + w),
-               static_cast<float>(y0 + h)};
+    if (policy == "center_crop") return {wbc::center_crop_box(v.width, v.height, out_h, out_w), true};
+    return wbc::find_cell(v, out_h, out_w);
 }
 
 // out[c][y][x] = lut[c][rgb[y][x][c]]: the per-channel normalization of a
@@ -113,9 +106,10 @@ void to_planar(const std::uint8_t* rgb, const T* lut, int h, int w, T* out) {
 }
 
 void preprocess(const py::object& images, py::array out, const py::object& lut_obj,
-                const std::string& policy, int num_threads) {
-    if (policy != "stretch" && policy != "center_crop") {
-        throw py::value_error("resize policy '" + policy + "' is unknown; expected 'stretch' or 'center_crop'");
+                const std::string& policy, int num_threads, const py::object& boxes_obj) {
+    if (policy != "stretch" && policy != "center_crop" && policy != "cell_center") {
+        throw py::value_error("resize policy '" + policy +
+                              "' is unknown; expected 'stretch', 'center_crop' or 'cell_center'");
     }
 
     // The batch: one stacked (n, h, w, c) array, or a sequence of images.
@@ -175,21 +169,41 @@ void preprocess(const py::object& images, py::array out, const py::object& lut_o
     auto* base = static_cast<std::uint8_t*>(out.mutable_data());
     const std::size_t per_image = static_cast<std::size_t>(out_h) * out_w * 3;
     const std::size_t out_stride = per_image * item;
-    std::vector<Box> boxes;
-    boxes.reserve(n);
-    for (const auto& v : views) boxes.push_back(box_for(v, policy, out_h, out_w));
+    // Optional (n, 5) float32 record of each image's source box and whether
+    // a cell was found there (1.0) or not (0.0).
+    float* box_record = nullptr;
+    py::array boxes_arr;
+    if (!boxes_obj.is_none()) {
+        if (!py::isinstance<py::array>(boxes_obj)) throw py::type_error("boxes: expected a numpy float32 array");
+        boxes_arr = py::reinterpret_borrow<py::array>(boxes_obj);
+        if (boxes_arr.dtype().kind() != 'f' || boxes_arr.itemsize() != 4 || boxes_arr.ndim() != 2 ||
+            static_cast<std::size_t>(boxes_arr.shape(0)) != n || boxes_arr.shape(1) != 5 ||
+            !(boxes_arr.flags() & py::array::c_style) || !boxes_arr.writeable()) {
+            throw py::value_error("boxes: expected a writable C-contiguous float32 array of shape (n, 5)");
+        }
+        box_record = static_cast<float*>(boxes_arr.mutable_data());
+    }
 
     py::gil_scoped_release release;
     wbc::ThreadPool::instance().parallel_for(n, num_threads, [&](std::size_t i) {
         thread_local wbc::Scratch scratch;
         thread_local std::vector<std::uint8_t> rgb;
+        const wbc::CellBox region = box_for(views[i], policy, out_h, out_w);
+        if (box_record != nullptr) {
+            float* row = box_record + 5 * i;
+            row[0] = region.box.x0;
+            row[1] = region.box.y0;
+            row[2] = region.box.x1;
+            row[3] = region.box.y1;
+            row[4] = region.found ? 1.0f : 0.0f;
+        }
         std::uint8_t* dst = base + i * out_stride;
         if (!planar) {
-            wbc::resize_rgb(views[i], boxes[i], out_h, out_w, dst, scratch);
+            wbc::resize_rgb(views[i], region.box, out_h, out_w, dst, scratch);
             return;
         }
         rgb.resize(per_image);
-        wbc::resize_rgb(views[i], boxes[i], out_h, out_w, rgb.data(), scratch);
+        wbc::resize_rgb(views[i], region.box, out_h, out_w, rgb.data(), scratch);
         if (item == 4) {
             to_planar(rgb.data(), static_cast<const float*>(lut), out_h, out_w, reinterpret_cast<float*>(dst));
         } else {
@@ -205,7 +219,7 @@ void preprocess(const py::object& images, py::array out, const py::object& lut_o
 PYBIND11_MODULE(_preprocess, m) {
     m.doc() = "C++ batch preprocessing for wbc_edge (use wbc_edge.preprocess_batch).";
     m.def("preprocess", &preprocess, py::arg("images"), py::arg("out"), py::arg("lut") = py::none(),
-          py::arg("policy") = "stretch", py::arg("num_threads") = 1,
+          py::arg("policy") = "stretch", py::arg("num_threads") = 1, py::arg("boxes") = py::none(),
           "Resizes every image into `out` (see wbc_edge.preprocess_batch, which validates the rest).");
     m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
 }

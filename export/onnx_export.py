@@ -69,7 +69,7 @@ def deployable_from_state(state, meta: ModelMetadata):
     from wbc_edge.training.checkpoint import load_resnet18
     from wbc_edge.training.deployable import DeployableModel
 
-    return DeployableModel(load_resnet18(state), meta.mean, meta.std).eval()
+    return DeployableModel(load_resnet18(state), meta.mean, meta.std, meta.input_normalization).eval()
 
 
 def to_onnx(model, meta: ModelMetadata, opset: int = DEFAULT_OPSET):

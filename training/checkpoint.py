@@ -79,7 +79,9 @@ def num_classes_of(state: dict[str, torch.Tensor]) -> int:
 
 def load_resnet18(state: dict[str, torch.Tensor]) -> ResNet:
     """A ResNet-18 with ``state`` loaded strictly (every name must match)."""
-    model = resnet18(num_classes=num_classes_of(state))
+    # BatchNorm layers carry running statistics; GroupNorm layers do not.
+    norm = "batch" if "bn1.running_mean" in state else "group"
+    model = resnet18(num_classes=num_classes_of(state), norm=norm)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -8,6 +8,7 @@ Unreadable images are skipped and listed, never a crash mid-epoch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,25 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
         raise DatasetError(f"{manifest}: cannot read the manifest ({error})") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DatasetError(f"{manifest}: expected a CSV header with at least 'path,label[,split]'")
-    return [Sample(root / row["path"], row["label"], row.get("split") or None) for row in rows]
+    return [Sample(root / row["path"], row["label"], row.get("split") or group_split(row.get("group")))
+            for row in rows]
+
+
+#: Shares of the groups that go to train and val in :func:`group_split` (the rest: test).
+GROUP_SPLIT = (0.70, 0.15)
+
+
+def group_split(group: str | None) -> str | None:
+    """The split of a manifest row that has a ``group`` column but no ``split``:
+    decided by a hash of the group name, so every image of one group (one
+    smear, one patient, one source picture) lands in the same split, and the
+    split is the same on every machine."""
+    if not group:
+        return None
+    bucket = int.from_bytes(hashlib.sha256(group.encode()).digest()[:4], "big") / 2 ** 32
+    if bucket < GROUP_SPLIT[0]:
+        return "train"
+    return "val" if bucket < GROUP_SPLIT[0] + GROUP_SPLIT[1] else "test"
 
 
 def scan_folder(root: str | os.PathLike) -> list[Sample]:

@@ -87,3 +87,24 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """Area under the ROC curve of telling ``scores_out`` (should be higher)
+    from ``scores_in``: the probability that a random out-of-distribution
+    image scores above a random in-distribution one (ties count half)."""
+    scores_in, scores_out = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
+    if not len(scores_in) or not len(scores_out):
+        return float("nan")
+    both = np.concatenate([scores_in, scores_out])
+    order = both.argsort(kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_scores = both[order]
+    # average ranks of ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(both)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    r_out = ranks[len(scores_in):].sum()
+    n_in, n_out = len(scores_in), len(scores_out)
+    return float((r_out - n_out * (n_out + 1) / 2) / (n_in * n_out))

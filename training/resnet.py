@@ -8,7 +8,21 @@ so a torchvision ``resnet18`` state_dict loads unchanged.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import Tensor, nn
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (Wu & He, 2018): per-image statistics, so no
+    lab's feature statistics are frozen into the model as BatchNorm's are."""
+    return nn.GroupNorm(32, channels)
+
+
+#: The normalization layers a ResNet here can use, by the name recorded in metadata.
+NORM_LAYERS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "group": group_norm}
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -26,13 +40,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
 
@@ -46,11 +61,12 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet built from BasicBlocks; ``layers`` gives the blocks per stage."""
 
-    def __init__(self, layers: list[int], num_classes: int = 1000):
+    def __init__(self, layers: list[int], num_classes: int = 1000, norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
         self.inplanes = 64
+        self._norm_layer = norm_layer
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0])
@@ -63,7 +79,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
         # Start each residual branch at zero so every block begins as identity
@@ -77,20 +93,30 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                self._norm_layer(planes * BasicBlock.expansion),
             )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample, self._norm_layer)]
         self.inplanes = planes * BasicBlock.expansion
-        layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [BasicBlock(self.inplanes, planes, norm_layer=self._norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The outputs of layer1..layer4 (what the domain guard looks at)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        c1 = self.layer1(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return c1, c2, c3, self.layer4(c3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(x)[-1]
         x = self.avgpool(x).flatten(1)
         return self.fc(x)
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
-    """ResNet-18: [2, 2, 2, 2] BasicBlocks."""
-    return ResNet([2, 2, 2, 2], num_classes=num_classes)
+def resnet18(num_classes: int = 1000, norm: str = "batch") -> ResNet:
+    """ResNet-18: [2, 2, 2, 2] BasicBlocks, with BatchNorm (``norm="batch"``,
+    torchvision's) or GroupNorm (``"group"``)."""
+    if norm not in NORM_LAYERS:
+        raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+    return ResNet([2, 2, 2, 2], num_classes=num_classes, norm_layer=NORM_LAYERS[norm])

@@ -29,7 +29,7 @@ from wbc_edge.preprocess import default_num_threads
 from .augment import AugmentConfig, augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
-from .deployable import DeployableModel
+from .deployable import DeployableModel, Normalize
 from .metrics import classification_report, expected_calibration_error, softmax
 from .resnet import resnet18
 from .temperature import fit_temperature
@@ -50,7 +50,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     balance: str = "weights"
     input_size: tuple[int, int] = (128, 128)
-    resize_policy: str = "stretch"
+    resize_policy: str = "cell_center"
+    norm: str = "batch"                      # "batch" or "group" (see resnet.NORM_LAYERS)
+    input_normalization: str = "per_image"   # "dataset" or "per_image" (see deployable)
+    #: more labelled sources, (data, manifest or None), trained on with the first
+    extra_data: list = field(default_factory=list)
+    #: labels whose rows are left out (a source's "mixed" or "unknown" pictures)
+    ignore_labels: tuple = ()
     val_fraction: float = 0.1  # used when the data has no 'val' split
     seed: int = 0
     device: str = "cpu"
@@ -85,11 +91,22 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=0).round(4).tolist(), x.std(axis=0).round(4).tolist()
 
 
+def read_sources(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) samples of every source, ignored labels left out."""
+    train, val = [], []
+    for data, manifest in [(cfg.data, cfg.manifest), *[tuple(x) for x in cfg.extra_data]]:
+        samples = [s for s in read_samples(data, manifest) if s.label not in cfg.ignore_labels]
+        t, v = split_samples(samples, cfg.val_fraction, cfg.seed)
+        train += t
+        val += v
+    return train, val
+
+
 @torch.no_grad()
 def net_logits(net: torch.nn.Module, images: np.ndarray, mean, std, device: str = "cpu",
-                   batch_size: int = 256) -> np.ndarray:
+               batch_size: int = 256, input_normalization: str = "dataset") -> np.ndarray:
     """Logits for uint8 NHWC images through the deployed input path."""
-    model = DeployableModel(net, mean, std).to(device).eval()
+    model = DeployableModel(net, mean, std, input_normalization).to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start:start + batch_size]).to(device)
@@ -127,7 +144,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.balance not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}")
 
-    train_samples, val_samples = split_samples(read_samples(cfg.data, cfg.manifest), cfg.val_fraction, cfg.seed)
+    train_samples, val_samples = read_sources(cfg)
     classes = class_names(train_samples)
     size = tuple(cfg.input_size)
     train_set = load_images(train_samples, classes, size, cfg.resize_policy, progress=cfg.progress,
@@ -144,10 +161,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     mean, std = channel_stats(train_set.images)
     meta = ModelMetadata(classes=classes, input_size=size, mean=mean, std=std, resize_policy=cfg.resize_policy,
-                         format="checkpoint", extra={"architecture": "resnet18"})
+                         input_normalization=cfg.input_normalization, format="checkpoint",
+                         extra={"architecture": "resnet18", "norm": cfg.norm})
 
     device = torch.device(cfg.device)
-    model = resnet18(num_classes=len(classes)).to(device, memory_format=torch.channels_last)
+    model = resnet18(num_classes=len(classes), norm=cfg.norm).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train_set) // cfg.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -175,9 +193,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         start_epoch, history, best = state["epoch"], state["history"], state.get("best")
         print(f"resuming from {out / 'last.pt'} after epoch {start_epoch}")
 
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    config_record = {**asdict(cfg), "input_size": list(size)}
+    normalize = Normalize(mean, std, cfg.input_normalization).to(device)
+    config_record = {**asdict(cfg), "input_size": list(size), "extra_data": [list(x) for x in cfg.extra_data],
+                     "ignore_labels": list(cfg.ignore_labels)}
     for epoch in range(start_epoch, cfg.epochs):
         # One generator per epoch, seeded from (seed, epoch): data order and
         # augmentation are the same whether or not the run was resumed.
@@ -194,7 +212,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
             x = augment(torch.from_numpy(train_set.images[idx]), cfg.augment, gen).to(device)
-            x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+            x = normalize.standardize(x).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(train_set.labels[idx]).to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=cfg.label_smoothing)
@@ -208,7 +226,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         train_seconds = time.time() - started
 
-        val_logits = net_logits(model, val_set.images, mean, std, cfg.device)
+        val_logits = net_logits(model, val_set.images, mean, std, cfg.device,
+                                input_normalization=cfg.input_normalization)
         report = classification_report(val_set.labels, softmax(val_logits), classes)
         entry = {
             "epoch": epoch + 1,
@@ -249,9 +268,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _finish(out: Path, val_set: ImageSet, classes, mean, std, skipped, cfg: TrainConfig) -> dict[str, Any]:
     """Fits the temperature on the validation split into ``best.pt``."""
     state = load_checkpoint(out / "best.pt")
-    model = resnet18(num_classes=len(classes))
+    model = resnet18(num_classes=len(classes), norm=cfg.norm)
     model.load_state_dict(state["model"])
-    logits = net_logits(model, val_set.images, mean, std, cfg.device)
+    logits = net_logits(model, val_set.images, mean, std, cfg.device, input_normalization=cfg.input_normalization)
     temperature = fit_temperature(logits, val_set.labels)
     ece_before = expected_calibration_error(softmax(logits), val_set.labels)
     ece_after = expected_calibration_error(softmax(logits, temperature), val_set.labels)

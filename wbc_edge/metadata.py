@@ -19,6 +19,8 @@ from .errors import MetadataError
 from .preprocess import RESIZE_POLICIES
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: How the graph normalizes its uint8 input (training/deployable.py's Normalize).
+INPUT_NORMALIZATIONS = ("dataset", "per_image")
 FORMATS = ("checkpoint", "onnx", "engine")
 SCHEMA_VERSION = 1
 
@@ -32,6 +34,8 @@ class ModelMetadata:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize_policy: str = "stretch"
+    #: "dataset" (mean/std below) or "per_image" (each image's own channel statistics), in the graph
+    input_normalization: str = "dataset"
     temperature: float = 1.0  # logits / temperature = calibrated logits
     precision: str = "fp32"
     format: str = "onnx"
@@ -68,6 +72,9 @@ class ModelMetadata:
             raise MetadataError(f"mean/std need 3 values each, std > 0; got {self.mean} / {self.std}")
         if self.resize_policy not in RESIZE_POLICIES:
             raise MetadataError(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
+        if self.input_normalization not in INPUT_NORMALIZATIONS:
+            raise MetadataError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, "
+                                f"got {self.input_normalization!r}")
         if not self.temperature > 0:
             raise MetadataError(f"temperature must be positive, got {self.temperature}")
         if self.precision not in PRECISIONS:
@@ -131,7 +138,7 @@ class ModelMetadata:
     def check_compatible(self, other: "ModelMetadata", what: str = "model") -> None:
         """Refuses a model whose classes, input size, normalization or resize
         policy differ from ``other`` (for example an artifact and its sidecar)."""
-        for name in ("classes", "input_size", "mean", "std", "resize_policy"):
+        for name in ("classes", "input_size", "mean", "std", "resize_policy", "input_normalization"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 raise MetadataError(f"{what}: {name} mismatch: {mine} vs {theirs}")

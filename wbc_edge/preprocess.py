@@ -17,8 +17,12 @@ from . import _preprocess
 
 #: How an image becomes H x W. ``stretch`` resizes the whole image (cell crops
 #: are centred and nearly square); ``center_crop`` first cuts the largest
-#: centred region with the output's aspect ratio.
-RESIZE_POLICIES = ("stretch", "center_crop")
+#: centred region with the output's aspect ratio; ``cell_center`` finds the
+#: white cell by its nucleus stain and cuts a field around it whose size
+#: follows the cell's (docs/PREPROCESSING.md), so that crops from labs with
+#: other magnifications and framing reach the model alike. Where it finds no
+#: white cell it falls back to ``center_crop`` and says so (``boxes``).
+RESIZE_POLICIES = ("stretch", "center_crop", "cell_center")
 
 #: ImageNet statistics, the default normalization of float outputs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,6 +65,7 @@ def preprocess_batch(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     policy: str = "stretch",
+    boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resizes a batch of uint8 images to one ``size = (H, W)`` batch.
 
@@ -78,8 +83,12 @@ def preprocess_batch(
             exported models take. ``float32`` or ``float16`` give normalized
             ``(n, 3, H, W)`` tensors, ``(x / 255 - mean) / std``.
         mean, std: per-channel normalization of float outputs.
-        policy: ``"stretch"`` (default) or ``"center_crop"``, see
-            :data:`RESIZE_POLICIES`.
+        policy: ``"stretch"`` (default), ``"center_crop"`` or
+            ``"cell_center"``, see :data:`RESIZE_POLICIES`.
+        boxes: optional float32 ``(n, 5)`` array that receives, per image,
+            the source region resampled (``x0, y0, x1, y1`` in pixels) and
+            1.0 where the policy found what it looks for (always, but for
+            ``cell_center`` on an image with no white cell: 0.0).
 
     Resampling is antialiased bilinear, bit-exact with Pillow's
     ``Image.resize((W, H), Image.BILINEAR)``.
@@ -128,7 +137,11 @@ def preprocess_batch(
             raise TypeError(f"out: dtype is {out.dtype}, expected {dtype}")
         if out.shape != shape:
             raise ValueError(f"out: shape is {out.shape}, expected {shape}")
-    _preprocess.preprocess(images, out, lut, policy, int(num_threads))
+    if boxes is not None:
+        if not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.shape != (count, 5):
+            raise ValueError(f"boxes: expected a float32 array of shape ({count}, 5), got "
+                             f"{getattr(boxes, 'dtype', type(boxes).__name__)} {getattr(boxes, 'shape', '')}")
+    _preprocess.preprocess(images, out, lut, policy, int(num_threads), boxes)
     return out
 
 

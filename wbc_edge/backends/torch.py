@@ -69,7 +69,7 @@ class TorchRunner(Runner):
         # FP16 only where it is fast (CUDA); the CPU stays FP32.
         self.half = bool(half) if half is not None else self.cuda
         self.channels_last = bool(channels_last)
-        model = DeployableModel(net, meta.mean, meta.std).eval().to(self.device)
+        model = DeployableModel(net, meta.mean, meta.std, meta.input_normalization).eval().to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.half:

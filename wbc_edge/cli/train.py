@@ -32,7 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balance", choices=["none", "weights", "sampling"], default="weights",
                         help="class balancing: loss weights, balanced sampling, or none")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(128, 128))
-    parser.add_argument("--resize-policy", choices=["stretch", "center_crop"], default="stretch")
+    parser.add_argument("--resize-policy", choices=["stretch", "center_crop", "cell_center"], default="cell_center",
+                        help="how an image becomes the input: the whole image, its centred square, or a field "
+                             "around the white cell found by its nucleus stain (default: %(default)s)")
+    parser.add_argument("--norm", choices=["batch", "group"], default="batch",
+                        help="ResNet normalization layers: BatchNorm or GroupNorm (default: %(default)s)")
+    parser.add_argument("--input-normalization", choices=["dataset", "per_image"], default="per_image",
+                        help="normalize the input by the training set's channel statistics or by each image's "
+                             "own (default: %(default)s)")
+    parser.add_argument("--extra-data", nargs=2, action="append", default=[], metavar=("DATA", "MANIFEST"),
+                        help="another labelled source trained on with the first (repeatable); a manifest with a "
+                             "'group' column and no 'split' is split by group")
+    parser.add_argument("--ignore-label", action="append", default=[], metavar="LABEL",
+                        help="leave rows with this label out (repeatable), e.g. LISC's 'mixed'")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="stratified validation share when the data has no 'val' split")
     parser.add_argument("--seed", type=int, default=0)
@@ -49,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, manifest=args.manifest, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
         input_size=tuple(args.input_size), resize_policy=args.resize_policy, val_fraction=args.val_fraction,
+        norm=args.norm, input_normalization=args.input_normalization,
+        extra_data=[tuple(pair) for pair in args.extra_data], ignore_labels=tuple(args.ignore_label),
         seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
     ))
     return 0
