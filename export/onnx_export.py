@@ -64,12 +64,13 @@ class ExportResult:
         }
 
 
-def deployable_from_state(state, meta: ModelMetadata):
-    """The exported module: ``DeployableModel`` around a ResNet-18 with ``state``, in eval mode."""
+def deployable_from_state(state, meta: ModelMetadata, guard=None):
+    """The exported module: ``DeployableModel`` around a ResNet-18 with
+    ``state`` (and the checkpoint's domain guard, if any), in eval mode."""
     from wbc_edge.training.checkpoint import load_resnet18
     from wbc_edge.training.deployable import DeployableModel
 
-    return DeployableModel(load_resnet18(state), meta.mean, meta.std, meta.input_normalization).eval()
+    return DeployableModel(load_resnet18(state), meta.mean, meta.std, meta.input_normalization, guard).eval()
 
 
 def to_onnx(model, meta: ModelMetadata, opset: int = DEFAULT_OPSET):
@@ -122,7 +123,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     require("onnx", "the onnx package", TORCH_INSTALL)
     import torch
 
-    from wbc_edge.training.checkpoint import extract_state_dict, load_checkpoint, metadata_of
+    from wbc_edge.training.checkpoint import extract_state_dict, guard_of, load_checkpoint, metadata_of
 
     from . import weight_storage as storage
     from .onnx_files import save_model
@@ -144,7 +145,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     rounding = None
     if weight_storage == "fp16":
         state, rounding = storage.round_state_dict_to_fp16(state)
-    reference = deployable_from_state(state, meta)
+    reference = deployable_from_state(state, meta, guard_of(data))
     proto = to_onnx(reference, meta, opset)
     stored = storage.store_weights_as_fp16(proto) if weight_storage == "fp16" else []
 

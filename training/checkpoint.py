@@ -101,9 +101,9 @@ def metadata_of(data: dict[str, Any], path: str | os.PathLike | None = None) -> 
     return ModelMetadata.from_dict({**meta, "format": "checkpoint"})
 
 
-def load_model(path: str | os.PathLike) -> tuple[ResNet, ModelMetadata]:
+def load_model(path: str | os.PathLike, data: dict[str, Any] | None = None) -> tuple[ResNet, ModelMetadata]:
     """Loads a wbc-edge checkpoint as (ResNet-18 in eval mode, metadata)."""
-    data = load_checkpoint(path)
+    data = load_checkpoint(path) if data is None else data
     meta = metadata_of(data, path)
     model = load_resnet18(extract_state_dict(data))
     if model.fc.out_features != meta.num_classes:
@@ -112,3 +112,29 @@ def load_model(path: str | os.PathLike) -> tuple[ResNet, ModelMetadata]:
             f"{meta.num_classes} classes"
         )
     return model.eval(), meta
+
+
+def guard_of(data: dict[str, Any]):
+    """The checkpoint's domain guard (a ``DomainGuard``), or None without one."""
+    state = data.get("domain_guard")
+    if not isinstance(state, dict):
+        return None
+    from .domain_guard import DomainGuard
+
+    try:
+        return DomainGuard.from_state(state)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"the checkpoint's domain_guard record is incomplete ({error})") from None
+
+
+def load_deployable(path: str | os.PathLike):
+    """(``DeployableModel`` in eval mode, metadata) of a checkpoint: the
+    network with its input normalization and, where fitted, its domain guard."""
+    from .deployable import DeployableModel
+
+    data = load_checkpoint(path)
+    net, meta = load_model(path, data)
+    guard = guard_of(data)
+    if (guard is None) != (meta.domain_guard is None):
+        raise CheckpointError(f"{path}: the domain guard's statistics and its metadata record must come together")
+    return DeployableModel(net, meta.mean, meta.std, meta.input_normalization, guard).eval(), meta

@@ -57,9 +57,12 @@ class DeployableModel(nn.Module):
         self.guard = guard
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.normalize(images)
+        return self.outputs(self.normalize(images))
+
+    def outputs(self, x: Tensor) -> Tensor:
+        """The model's outputs for an already normalized float NCHW batch."""
         if self.guard is None:
             return self.net(x)
         stages = self.net.stages(x)
         logits = self.net.fc(self.net.avgpool(stages[-1]).flatten(1))
-        return torch.cat([logits, self.guard(stages)], dim=1)
+        return torch.cat([logits.float(), self.guard(stages)], dim=1)

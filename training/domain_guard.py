@@ -83,7 +83,7 @@ class DomainGuard(nn.Module):
         self.dim = float(stats.whitening.shape[0])
 
     def forward(self, stages: Sequence[Tensor]) -> Tensor:
-        z = pooled_features(stages, self.stages) @ self.whitening
+        z = pooled_features(stages, self.stages).float() @ self.whitening
         d = (z * z).sum(dim=1, keepdim=True) - 2 * (z @ self.whitened_means) + self.mean_norms
         return torch.clamp(d.min(dim=1, keepdim=True).values, min=0.0) / self.dim
 

@@ -29,7 +29,10 @@ from wbc_edge.preprocess import default_num_threads
 from .augment import AugmentConfig, augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
+from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
+
 from .deployable import DeployableModel, Normalize
+from .domain_guard import DEFAULT_STAGES, DomainGuard, fit_guard, stage_features
 from .metrics import classification_report, expected_calibration_error, softmax
 from .resnet import resnet18
 from .temperature import fit_temperature
@@ -262,20 +265,51 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             save_checkpoint(payload, out / "best.pt")
         _write_json(out / "history.json", history)
 
-    return _finish(out, val_set, classes, mean, std, skipped, cfg)
+    return _finish(out, train_set, val_set, classes, mean, std, skipped, cfg)
 
 
-def _finish(out: Path, val_set: ImageSet, classes, mean, std, skipped, cfg: TrainConfig) -> dict[str, Any]:
-    """Fits the temperature on the validation split into ``best.pt``."""
+#: The domain guard's threshold: this quantile of the validation images' scores
+#: (so about 1 - GUARD_QUANTILE of images like the training set are flagged).
+GUARD_QUANTILE = 0.99
+
+
+def fit_domain_guard(model, train_set: ImageSet, val_set: ImageSet, mean, std, cfg: TrainConfig,
+                     stages=DEFAULT_STAGES) -> tuple[dict, dict]:
+    """(guard state for the checkpoint, guard record for the metadata):
+    statistics from the training images, threshold from the validation images."""
+    normalize = Normalize(mean, std, cfg.input_normalization)
+    stats = fit_guard(stage_features(model, normalize, train_set.images, stages), train_set.labels,
+                      len(train_set.classes), stages)
+    guard = DomainGuard(stats)
+    val_scores = stats.score(stage_features(model, normalize, val_set.images, stages))
+    threshold = float(np.quantile(val_scores, GUARD_QUANTILE))
+    record = {
+        "method": "mahalanobis",
+        "stages": list(stages),
+        "threshold": round(threshold, 6),
+        "quantile": GUARD_QUANTILE,
+        "expected_fraction": round(1 - GUARD_QUANTILE, 4),
+        "shift_fraction": DEFAULT_SHIFT_FRACTION,
+        "fitted_on": {"train_images": len(train_set), "val_images": len(val_set),
+                      "sources": [Path(d).name for d in (cfg.data, *[d for d, _ in cfg.extra_data])]},
+    }
+    return guard.state(), record
+
+
+def _finish(out: Path, train_set: ImageSet, val_set: ImageSet, classes, mean, std, skipped,
+            cfg: TrainConfig) -> dict[str, Any]:
+    """Fits the temperature and the domain guard into ``best.pt``."""
     state = load_checkpoint(out / "best.pt")
     model = resnet18(num_classes=len(classes), norm=cfg.norm)
     model.load_state_dict(state["model"])
+    model.eval()
     logits = net_logits(model, val_set.images, mean, std, cfg.device, input_normalization=cfg.input_normalization)
     temperature = fit_temperature(logits, val_set.labels)
     ece_before = expected_calibration_error(softmax(logits), val_set.labels)
     ece_after = expected_calibration_error(softmax(logits, temperature), val_set.labels)
     state["meta"]["temperature"] = temperature
     state["calibration"] = {"temperature": temperature, "val_ece_before": ece_before, "val_ece_after": ece_after}
+    state["domain_guard"], state["meta"]["domain_guard"] = fit_domain_guard(model, train_set, val_set, mean, std, cfg)
     save_checkpoint(state, out / "best.pt")
     summary = {
         "best_epoch": state["best"],
@@ -285,6 +319,7 @@ def _finish(out: Path, val_set: ImageSet, classes, mean, std, skipped, cfg: Trai
         "mean": mean,
         "std": std,
         "temperature": temperature,
+        "domain_guard": state["meta"]["domain_guard"],
         "val_ece_before": ece_before,
         "val_ece_after": ece_after,
         "skipped_images": [{"path": p, "reason": r} for p, r in skipped],

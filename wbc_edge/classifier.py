@@ -37,6 +37,7 @@ from .metadata import ModelMetadata
 from .models import resolve_model, shipped_models
 from .prediction import Prediction, calibrated_probabilities
 from .preprocess import default_num_threads, preprocess_batch
+from .domain_check import cell_verdict
 from .review import ReviewPolicy
 
 #: Images per inference call: large enough to keep a CPU or GPU busy, small
@@ -58,6 +59,8 @@ class _Chunk:
     images: list[np.ndarray | None]
     errors: list[str | None]
     batch: np.ndarray | None = None
+    #: per row of ``batch``: whether cell centring found a white cell (None: not looked for)
+    cell_found: np.ndarray | None = None
 
 
 @dataclass
@@ -311,12 +314,14 @@ class Classifier:
         first real batch)."""
         height, width = self.metadata.input_size
         logits = self.runner.infer(np.zeros((1, height, width, 3), np.uint8))
-        expected = (1, self.metadata.num_classes)
+        expected = (1, self.metadata.num_outputs)
         if logits.shape != expected:
             where = self.model_path or self.runner.describe()
+            guard = " and the domain guard's ood_score" if self.metadata.domain_guard is not None else ""
             raise ModelMismatchError(
                 f"{where}: the model outputs {logits.shape[-1] if logits.ndim else logits.shape} values per image, "
-                f"but its metadata names {expected[1]} classes ({', '.join(self.metadata.classes)})")
+                f"but its metadata names {self.metadata.num_classes} classes ({', '.join(self.metadata.classes)})"
+                f"{guard}: {expected[1]} values")
 
     def _read(self, items: Sequence) -> _Chunk:
         """Decodes a group of inputs (thread pool) and, unless the runner
@@ -357,8 +362,11 @@ class Classifier:
         if not images:
             return None
         size, policy = self.metadata.input_size, self.metadata.resize_policy
+        boxes = np.zeros((len(images), 5), np.float32) if policy == "cell_center" else None
         try:
-            return preprocess_batch(images, size, out=out, num_threads=self.num_threads, policy=policy)
+            batch = preprocess_batch(images, size, out=out, num_threads=self.num_threads, policy=policy, boxes=boxes)
+            chunk.cell_found = None if boxes is None else boxes[:, 4] > 0
+            return batch
         except (TypeError, ValueError):
             refused = 0
             for i, image in enumerate(chunk.images):  # find the culprit(s); keep the rest
@@ -376,7 +384,8 @@ class Classifier:
         """Batches of a stacked (n, h, w, c) uint8 array, without copies where
         the frames already have the model's input form."""
         _check_stack(stack)
-        ready = stack.shape[1:] == (*self.metadata.input_size, 3)
+        # frames of the input size need no resizing, but cell centring still crops them
+        ready = stack.shape[1:] == (*self.metadata.input_size, 3) and self.metadata.resize_policy != "cell_center"
         for start in range(0, len(stack), size):
             frames = stack[start:start + size]
             count = len(frames)
@@ -385,8 +394,7 @@ class Classifier:
                 if ready:
                     chunk.batch = np.ascontiguousarray(frames)
                 else:
-                    chunk.batch = preprocess_batch(frames, self.metadata.input_size, num_threads=self.num_threads,
-                                                   policy=self.metadata.resize_policy)
+                    chunk.batch = self._preprocess(chunk, out=None)
             yield chunk
 
     def _run(self, chunks: Iterable[_Chunk]) -> Iterator[Prediction]:
@@ -448,13 +456,15 @@ class Classifier:
             logits = self.runner.collect(started.reserved)[:started.used]
         return self._predictions(started.chunk, logits)
 
-    def _predictions(self, chunk: _Chunk, logits: np.ndarray | None) -> list[Prediction]:
+    def _predictions(self, chunk: _Chunk, outputs: np.ndarray | None) -> list[Prediction]:
         results: list[Prediction] = []
-        if logits is not None:
+        classes, policy, guard = self.metadata.classes, self._review, self.metadata.domain_guard
+        if outputs is not None:
+            logits = outputs[:, :len(classes)]
+            scores = outputs[:, len(classes)] if guard is not None else None
             probabilities = calibrated_probabilities(logits, self.metadata.temperature)
             finite = np.isfinite(logits).all(axis=1)
             rows = iter(range(len(logits)))
-        classes, policy = self.metadata.classes, self._review
         for name, image, error in zip(chunk.names, chunk.images, chunk.errors):
             if image is None:
                 results.append(Prediction.failed(name, error or "could not be read"))
@@ -468,10 +478,14 @@ class Classifier:
             best = int(p.argmax())
             label, confidence = classes[best], float(p[best])
             review, reason = policy.decide(label, confidence)
+            found = chunk.cell_found is None or bool(chunk.cell_found[row])
+            score, ood, why = cell_verdict(None if scores is None else float(scores[row]), found, guard)
+            if ood:  # an unfamiliar cell is always reviewed, and says why first
+                review, reason = True, why if reason is None else f"{why}; {reason}"
             results.append(Prediction(
                 path=name, label=label, confidence=confidence,
                 probabilities={c: float(v) for c, v in zip(classes, p)},
-                review=review, review_reason=reason))
+                review=review, review_reason=reason, ood_score=score, out_of_distribution=ood))
         return results
 
 

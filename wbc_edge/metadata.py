@@ -46,6 +46,10 @@ class ModelMetadata:
     quantization: dict[str, Any] | None = None
     #: engines only: TensorRT version, GPU, compute capability, batch profile, flags
     tensorrt: dict[str, Any] | None = None
+    #: the domain guard fitted with the model (training/domain_guard.py): method,
+    #: stages, threshold, shift_fraction, fitted_on...; None: the model has none.
+    #: With a guard the model outputs one more column than classes: ood_score.
+    domain_guard: dict[str, Any] | None = None
     #: anything else worth keeping (training run, metrics...)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -62,6 +66,12 @@ class ModelMetadata:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def num_outputs(self) -> int:
+        """Values the model gives per image: one logit per class, plus the
+        guard's ood_score where it has one."""
+        return self.num_classes + (1 if self.domain_guard is not None else 0)
+
     def validate(self) -> None:
         """Raises MetadataError naming the first inconsistent field."""
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -77,6 +87,10 @@ class ModelMetadata:
                                 f"got {self.input_normalization!r}")
         if not self.temperature > 0:
             raise MetadataError(f"temperature must be positive, got {self.temperature}")
+        if self.domain_guard is not None:
+            threshold = self.domain_guard.get("threshold") if isinstance(self.domain_guard, dict) else None
+            if not isinstance(threshold, (int, float)) or not threshold > 0 or threshold == float("inf"):
+                raise MetadataError(f"domain_guard needs a positive, finite threshold, got {self.domain_guard!r}")
         if self.precision not in PRECISIONS:
             raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.format not in FORMATS:

@@ -25,6 +25,11 @@ class Prediction:
             ``"ig is always reviewed"``), None when not reviewed.
         error: None, or why this input could not be classified (``"file not
             found"``, ``"corrupt or truncated image (...)"``, ...).
+        ood_score: the domain guard's score (higher: less like the training
+            images); None when the model has no guard or ``error`` is set.
+        out_of_distribution: whether the cell is unlike the training images
+            (score over the guard's threshold, or no white cell found); such a
+            cell is always flagged for review. None when unknown.
     """
 
     path: str | None
@@ -34,6 +39,8 @@ class Prediction:
     review: bool = False
     review_reason: str | None = None
     error: str | None = None
+    ood_score: float | None = None
+    out_of_distribution: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,6 +57,8 @@ class Prediction:
             "review": self.review,
             "review_reason": self.review_reason,
             "error": self.error,
+            "ood_score": self.ood_score,
+            "out_of_distribution": self.out_of_distribution,
         }
 
     @classmethod

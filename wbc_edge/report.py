@@ -8,13 +8,16 @@ The JSON report (``wbc-edge classify --out``)::
       "created": "2026-01-01T12:00:00Z",
       "model": {"name", "precision", "backend", "classes", "input_size", "temperature", "path", "variant"},
       "review_policy": {"threshold", "class_thresholds", "always_review"},
-      "images": [{"path", "label", "confidence", "probabilities", "review", "review_reason", "error"}, ...],
+      "images": [{"path", "label", "confidence", "probabilities", "review", "review_reason", "error",
+                  "ood_score", "out_of_distribution"}, ...],
       "differential": {
         "counts": {class: cells}, "percent": {class: % of classified cells},
         "flagged_by_class": {class: cells flagged for review},
         "total": classified cells, "flagged_for_review": cells, "errors": unreadable inputs,
         "inputs": every input (= total + errors)
       },
+      "domain_check": {"status": "ok" | "shift" | "unavailable", "out_of_distribution", "cells",
+                       "fraction", "threshold", "shift_fraction", ..., "caveat" (small runs)},
       "timings": {"load_s", "classify_s", "images_per_s"}
     }
 
@@ -61,9 +64,12 @@ def differential(predictions: Sequence[Prediction], classes: Sequence[str]) -> d
 
 def build_report(predictions: Sequence[Prediction], model: Mapping[str, Any],
                  review_policy: Mapping[str, Any] | None = None,
-                 timings: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The full report for one run (see the module docstring)."""
+                 timings: Mapping[str, float] | None = None,
+                 domain_guard: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The full report for one run (see the module docstring); ``domain_guard``
+    is the model metadata's guard record (None: the model has no guard)."""
     from . import __version__
+    from .domain_check import domain_check
 
     classes = list(model["classes"])
     return {
@@ -74,6 +80,7 @@ def build_report(predictions: Sequence[Prediction], model: Mapping[str, Any],
         "review_policy": dict(review_policy or {}),
         "images": [p.to_dict() for p in predictions],
         "differential": differential(predictions, classes),
+        "domain_check": domain_check(predictions, domain_guard),
         "timings": dict(timings or {}),
     }
 
@@ -91,16 +98,19 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def write_csv(predictions: Iterable[Prediction], classes: Sequence[str], path: str | os.PathLike) -> Path:
     """One row per input: path, label, confidence, review, review_reason,
-    error, then one ``p_<class>`` column per class."""
+    error, ood_score, out_of_distribution (empty where unknown), then one
+    ``p_<class>`` column per class."""
     path = Path(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "confidence", "review", "review_reason", "error",
-                         *(f"p_{c}" for c in classes)])
+                         "ood_score", "out_of_distribution", *(f"p_{c}" for c in classes)])
         for p in predictions:
             probabilities = [f"{p.probabilities[c]:.6f}" for c in classes] if p.probabilities else [""] * len(classes)
             writer.writerow([p.path or "", p.label or "", "" if p.confidence is None else f"{p.confidence:.6f}",
-                             int(p.review), p.review_reason or "", p.error or "", *probabilities])
+                             int(p.review), p.review_reason or "", p.error or "",
+                             "" if p.ood_score is None else f"{p.ood_score:.6f}",
+                             "" if p.out_of_distribution is None else int(p.out_of_distribution), *probabilities])
     return path
 
 

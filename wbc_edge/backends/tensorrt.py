@@ -231,7 +231,7 @@ class TensorRTRunner(Runner):
         self._bind_io(trt, engine)
         self._pipeline = BatchPipeline(
             self._launch, max_batch=self.max_batch_size, input_shape=self.input_shape, input_dtype=np.uint8,
-            output_shape=(self.metadata.num_classes,), output_dtype=np.float32, slots=slots, device=self.device)
+            output_shape=(self.metadata.num_outputs,), output_dtype=np.float32, slots=slots, device=self.device)
         self._scratch_bytes = self._device_memory_size(engine)
         for slot in self._pipeline.slots:
             self._prepare_slot(trt, engine, slot)
@@ -250,7 +250,7 @@ class TensorRTRunner(Runner):
         height, width = self.metadata.input_size
         expected = {
             self.input_name: (trt.DataType.UINT8, (-1, height, width, 3)),
-            self.output_name: (trt.DataType.FLOAT, (-1, self.metadata.num_classes)),
+            self.output_name: (trt.DataType.FLOAT, (-1, self.metadata.num_outputs)),
         }
         for name, (dtype, shape) in expected.items():
             found_dtype, found_shape = engine.get_tensor_dtype(name), tuple(engine.get_tensor_shape(name))
@@ -344,7 +344,7 @@ class TensorRTRunner(Runner):
         self.check_batch(images)
         limit = self.max_batch_size
         if len(images) == 0:
-            return np.empty((0, self.metadata.num_classes), np.float32)
+            return np.empty((0, self.metadata.num_outputs), np.float32)
         if len(images) <= limit:
             return self._infer(images)
         chunks = [images[i:i + limit] for i in range(0, len(images), limit)]
@@ -452,7 +452,7 @@ class TensorRTRunner(Runner):
             info.update(device=self.device, gpu=gpu.name, compute_capability=gpu.compute_capability_str)
         if self._pipeline is not None:
             slots = self._pipeline.num_slots
-            io_bytes = self.max_batch_size * (int(np.prod(self.input_shape)) + 4 * self.metadata.num_classes)
+            io_bytes = self.max_batch_size * (int(np.prod(self.input_shape)) + 4 * self.metadata.num_outputs)
             info["slots"] = slots
             # Activation memory and I/O buffers the runner allocated (the weights are TensorRT's own).
             info["device_memory_bytes"] = slots * (self._scratch_bytes + io_bytes)

@@ -56,20 +56,19 @@ class TorchRunner(Runner):
                 This sets ``torch.backends.cudnn.benchmark`` for the process.
         """
         torch = require("torch", "PyTorch", INSTALL)
-        from ..training.checkpoint import load_model
-        from ..training.deployable import DeployableModel
+        from ..training.checkpoint import load_deployable
 
         self.device = _parse_device(torch, device)
         if not isinstance(streams, int) or isinstance(streams, bool) or streams < 1:
             raise WbcEdgeError(f"streams must be a positive integer, got {streams!r}")
-        net, meta = load_model(Path(path))
+        model, meta = load_deployable(Path(path))
         super().__init__(meta)
         self.path = Path(path)
         self.cuda = self.device.type == "cuda"
         # FP16 only where it is fast (CUDA); the CPU stays FP32.
         self.half = bool(half) if half is not None else self.cuda
         self.channels_last = bool(channels_last)
-        model = DeployableModel(net, meta.mean, meta.std, meta.input_normalization).eval().to(self.device)
+        model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.half:
@@ -84,7 +83,7 @@ class TorchRunner(Runner):
         if self.cuda:
             if cudnn_benchmark:
                 torch.backends.cudnn.benchmark = True
-            self._slots = [_Slot(torch, self.device, self.input_shape, meta.num_classes) for _ in range(streams)]
+            self._slots = [_Slot(torch, self.device, self.input_shape, meta.num_outputs) for _ in range(streams)]
             self._free = queue.SimpleQueue()
             for slot in self._slots:
                 self._free.put(slot)
@@ -97,14 +96,15 @@ class TorchRunner(Runner):
     # --- running ---------------------------------------------------------------
 
     def _forward(self, batch):
-        """uint8 NHWC tensor on the device -> float logits on the device."""
+        """uint8 NHWC tensor on the device -> float outputs (logits, and the
+        guard's ood_score where the model has one) on the device."""
         torch = self._torch
         x = self.model.normalize(batch)  # float32 NCHW view of NHWC memory: channels-last already
         if self.half:
             x = x.half()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model.net(x)
+        return self.model.outputs(x)
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
         if self.cuda:

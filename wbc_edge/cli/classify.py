@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
+    from ..domain_check import shift_warning
     from ..report import build_report, format_differential, format_errors, format_images, write_csv, write_json
     from ..review import parse_review_options
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         finished = time.perf_counter()
         model = classifier.describe()
         review_policy = classifier.review.to_dict()
+        domain_guard = classifier.metadata.domain_guard
 
     predictions = unlisted + predictions
     classified = sum(p.ok for p in predictions)
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "classify_s": round(finished - loaded, 4),
         "images_per_s": round(len(inputs) / (finished - loaded), 1) if finished > loaded and inputs else None,
     }
-    report = build_report(predictions, model, review_policy, timings)
+    report = build_report(predictions, model, review_policy, timings, domain_guard)
 
     print(f"{len(predictions)} input{'s' if len(predictions) != 1 else ''}, {classified} classified with "
           f"{model['name']} ({model['precision']}, {model['backend']}) in {timings['classify_s']:.2f} s"
@@ -107,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_differential(report))
     if not show and report["differential"]["errors"]:
         print(format_errors(report))
+    warning = shift_warning(report["domain_check"])
+    if warning:
+        print()
+        print(warning, file=sys.stderr)
     if args.out:
         print(f"report written to {write_json(report, args.out)}")
     if args.csv:
