@@ -122,3 +122,16 @@ def test_a_model_without_a_guard_says_so(tmp_path, sample_dir):
         report = build_report(predictions, classifier.describe(), domain_guard=classifier.metadata.domain_guard)
     assert predictions[0].ood_score is None and predictions[0].out_of_distribution is None
     assert report["domain_check"]["status"] == "unavailable"
+
+
+def test_evaluate_reports_the_guard(guarded_checkpoint, sample_dir, sample_manifest):
+    from wbc_edge.backends import load_runner
+    from wbc_edge.training.evaluate import evaluate, format_report
+
+    with load_runner(guarded_checkpoint, backend="torch") as runner:
+        report = evaluate(runner, sample_dir, sample_manifest, progress=False)
+    guard = report["domain_guard"]
+    assert 0.0 <= guard["out_of_distribution_fraction"] <= 1.0
+    assert len(guard["ood_scores"]) == report["num_images"]
+    assert "balanced_accuracy" in report and len(report["confusion_matrix"]["matrix"]) == 8  # the classes only
+    assert "domain guard:" in format_report(report)

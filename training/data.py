@@ -108,6 +108,8 @@ class ImageSet:
     paths: list[str]
     classes: list[str]
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped inputs
+    #: per image, whether cell centring found a white cell (None: the policy does not look)
+    cell_found: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -128,6 +130,7 @@ def load_images(samples: Sequence[Sample], classes: Sequence[str], size: tuple[i
         raise DatasetError(f"labels not among the model's classes {list(classes)}: {unknown}")
     images = np.empty((len(samples), *size, 3), dtype=np.uint8)
     keep: list[int] = []
+    found = np.ones(len(samples), bool)
     errors: list[tuple[str, str]] = []
     bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(samples), chunk):
@@ -137,7 +140,9 @@ def load_images(samples: Sequence[Sample], classes: Sequence[str], size: tuple[i
         errors.extend((str(part[i].path), d.reason) for i, d in enumerate(decoded) if isinstance(d, ImageReadError))
         if good:
             out = images[len(keep):len(keep) + len(good)]
-            preprocess_batch([decoded[i] for i in good], size, out=out, policy=policy)
+            boxes = np.zeros((len(good), 5), np.float32)
+            preprocess_batch([decoded[i] for i in good], size, out=out, policy=policy, boxes=boxes)
+            found[len(keep):len(keep) + len(good)] = boxes[:, 4] > 0
             keep.extend(start + i for i in good)
         bar.update(len(part))
     bar.close()
@@ -147,4 +152,5 @@ def load_images(samples: Sequence[Sample], classes: Sequence[str], size: tuple[i
         paths=[str(samples[i].path) for i in keep],
         classes=list(classes),
         errors=errors,
+        cell_found=found[:len(keep)] if policy == "cell_center" else None,
     )

@@ -27,7 +27,7 @@ def predict_logits(runner: Runner, images: np.ndarray, batch_size: int = 64, pro
     for start in tqdm(range(0, len(images), batch_size), desc="inference", unit="batch",
                       disable=not progress, leave=False):
         out.append(runner.infer(images[start:start + batch_size]))
-    return np.concatenate(out) if out else np.zeros((0, runner.metadata.num_classes), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, runner.metadata.num_outputs), np.float32)
 
 
 def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLike | None = None,
@@ -39,7 +39,8 @@ def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLik
     meta = runner.metadata
     samples = read_samples(data, manifest, split)
     images = load_images(samples, meta.classes, meta.input_size, meta.resize_policy, progress=progress)
-    logits = predict_logits(runner, images.images, batch_size, progress)
+    outputs = predict_logits(runner, images.images, batch_size, progress)
+    logits = outputs[:, :meta.num_classes]
     probabilities = softmax(logits, meta.temperature)
     report = classification_report(images.labels, probabilities, meta.classes)
     report["ece_uncalibrated"] = expected_calibration_error(softmax(logits), images.labels) if len(images) else 0.0
@@ -49,7 +50,28 @@ def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLik
     report["model"] = {**runner.describe(), "name": meta.name, "classes": meta.classes,
                        "input_size": list(meta.input_size)}
     report["data"] = {"path": str(data), "manifest": str(manifest) if manifest else None, "split": split}
+    report["domain_guard"] = guard_summary(outputs, meta.domain_guard, images.cell_found)
     return report
+
+
+def guard_summary(outputs: np.ndarray, guard: dict | None, cell_found: np.ndarray | None) -> dict[str, Any]:
+    """How much of this data the domain guard calls out of distribution:
+    the share over its threshold, the share with no white cell found, and the
+    score's quartiles. ``ood_scores`` keeps every finite score, for AUROC
+    between two evaluations (``training.metrics.auroc``)."""
+    if guard is None:
+        return {"status": "unavailable"}
+    scores = outputs[:, -1].astype(np.float64)
+    finite = np.isfinite(scores)
+    found = np.ones(len(scores), bool) if cell_found is None else cell_found
+    ood = ~finite | (scores > guard["threshold"]) | ~found
+    return {
+        "threshold": guard["threshold"],
+        "out_of_distribution_fraction": float(ood.mean()) if len(ood) else 0.0,
+        "no_cell_fraction": float((~found).mean()) if len(found) else 0.0,
+        "score_quartiles": np.quantile(scores[finite], [0.25, 0.5, 0.75]).round(4).tolist() if finite.any() else None,
+        "ood_scores": scores[finite].round(5).tolist(),
+    }
 
 
 def save_plots(report: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
@@ -118,6 +140,13 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name, row in report["per_class"].items():
         lines.append(f"{name:<14}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>9}")
+    guard = report.get("domain_guard", {})
+    if "threshold" in guard:
+        lines.append(f"domain guard: {100 * guard['out_of_distribution_fraction']:.1f}% out of distribution "
+                     f"(threshold {guard['threshold']:.3g}; no white cell found in "
+                     f"{100 * guard['no_cell_fraction']:.1f}%)")
+    elif guard:
+        lines.append("domain guard: unavailable (this model carries none)")
     if report["errors"]:
         lines.append(f"{len(report['errors'])} unreadable images (listed in the JSON report)")
     return "\n".join(lines)
