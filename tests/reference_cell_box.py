@@ -9,21 +9,12 @@ import math
 
 import numpy as np
 
+from .reference_resize import center_crop_box
+
 GRID, PEAK_PERMILLE, MIN_STAIN, MIN_PEAK = 64, 995, 25, 30
 TRIM_NUM, TRIM_DEN = 5, 2
 MIN_POINTS_PERMILLE, MAX_SPREAD_PERMILLE = 2, 250
 FIELD_NUM, FIELD_DEN = 5, 1
-
-
-def center_crop_box(width: int, height: int, out_h: int, out_w: int) -> tuple[float, ...]:
-    target = out_w / out_h
-    w, h = float(width), float(height)
-    if w / h > target:
-        w = h * target
-    else:
-        h = w / target
-    x0, y0 = (width - w) / 2.0, (height - h) / 2.0
-    return tuple(float(np.float32(v)) for v in (x0, y0, x0 + w, y0 + h))
 
 
 def _moments(cols: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> tuple[int, int, int, int, int, int]:
@@ -35,7 +26,7 @@ def _moments(cols: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> tuple[i
 def find_cell(image: np.ndarray, out_h: int, out_w: int) -> tuple[tuple[float, ...], bool]:
     """(box as float32 values x0, y0, x1, y1; found) for one uint8 image."""
     height, width = image.shape[:2]
-    fallback = (center_crop_box(width, height, out_h, out_w), False)
+    fallback = (tuple(float(np.float32(v)) for v in center_crop_box(width, height, out_w, out_h)), False)
     if image.ndim == 2 or image.shape[2] < 3:
         return fallback
     step = max(1, max(height, width) // GRID)
