@@ -88,3 +88,14 @@ def test_preprocess_sdk(measure, decoded_images, model_metadata, settings, all_t
                           "float32 NCHW normalized: the prototype's output, bit for bit")
     if dtype == "float32":  # the comparison is only fair if both make the same tensor
         assert np.array_equal(result, prototype_preprocess(decoded_images, size, meta.mean, meta.std))
+
+
+@pytest.mark.parametrize("at", PREPROCESS_SIZES)
+def test_preprocess_sdk_cell_center(measure, decoded_images, model_metadata, settings, at):
+    """Cell centring's cost: the nucleus-stain finder, then the same resampling
+    of a smaller field; one thread, against the prototype's Pillow path."""
+    size = _size(at, model_metadata)
+    measure(lambda: preprocess_batch(decoded_images, size, num_threads=1, policy="cell_center"),
+            stage=_stage(at), name=f"wbc_edge.preprocess_batch uint8 cell_center (1 thread, {size[0]}x{size[1]})",
+            backend="wbc_edge", precision="uint8", images=len(decoded_images), threads=1,
+            rounds=settings.preprocess_rounds, note="finds the white cell, then resamples the field around it")
