@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-policy", choices=["stretch", "center_crop", "cell_center"], default="cell_center",
                         help="how an image becomes the input: the whole image, its centred square, or a field "
                              "around the white cell found by its nucleus stain (default: %(default)s)")
+    parser.add_argument("--augment", choices=["cross-lab", "legacy"], default="cross-lab",
+                        help="augmentation: for other labs (stain, geometry, optics; training/augment.py) or the "
+                             "first shipped model's milder one (default: %(default)s)")
     parser.add_argument("--norm", choices=["batch", "group"], default="batch",
                         help="ResNet normalization layers: BatchNorm or GroupNorm (default: %(default)s)")
     parser.add_argument("--input-normalization", choices=["dataset", "per_image"], default="per_image",
@@ -55,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require("torch", "PyTorch", TORCH_INSTALL)
+    from wbc_edge.training.augment import AugmentConfig
     from wbc_edge.training.train import TrainConfig, train
 
     train(TrainConfig(
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
         input_size=tuple(args.input_size), resize_policy=args.resize_policy, val_fraction=args.val_fraction,
         norm=args.norm, input_normalization=args.input_normalization,
+        augment=AugmentConfig.legacy() if args.augment == "legacy" else AugmentConfig(),
         extra_data=[tuple(pair) for pair in args.extra_data], ignore_labels=tuple(args.ignore_label),
         seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress,
     ))
