@@ -25,14 +25,17 @@ BATCH = 64
 
 
 def run_logits(runner, images: np.ndarray, batch: int = BATCH, progress: bool = False, desc: str = "") -> np.ndarray:
-    """A runner's float32 logits for uint8 [N, H, W, 3] images, in batches."""
+    """A runner's float32 class logits for uint8 [N, H, W, 3] images, in
+    batches (a domain guard's ood_score column, where the model has one, is
+    left out: parity is about the classes)."""
     from tqdm import tqdm
 
     out = []
     for start in tqdm(range(0, len(images), batch), desc=desc or "inference", unit="batch",
                       disable=not progress, leave=False):
         out.append(runner.infer(images[start:start + batch]))
-    return np.concatenate(out) if out else np.zeros((0, runner.metadata.num_classes), np.float32)
+    classes = runner.metadata.num_classes
+    return np.concatenate(out)[:, :classes] if out else np.zeros((0, classes), np.float32)
 
 
 def parity_report(logits_a: np.ndarray, logits_b: np.ndarray, labels: np.ndarray, classes: Sequence[str],
