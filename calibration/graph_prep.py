@@ -61,23 +61,34 @@ def remove_unused_opsets(model: "onnx.ModelProto", keep: tuple[str, ...] = ()) -
     model.opset_import.extend(kept)
 
 
+#: The exporter's name scope of the domain guard's nodes (DeployableModel.guard).
+GUARD_SCOPE = "/guard/"
+
+
+def guard_nodes(model: "onnx.ModelProto") -> list[str]:
+    """The domain guard's nodes: always kept in float, since its distances
+    compare against a threshold fitted in float32."""
+    return [n.name for n in model.graph.node if n.name.startswith(GUARD_SCOPE)]
+
+
 def end_layers(model: "onnx.ModelProto") -> dict[str, str]:
     """Node names of the first convolution (on the normalized image) and the
-    classifier (the last Gemm/MatMul), found by graph structure."""
+    classifier (the last Gemm/MatMul outside the domain guard), found by graph structure."""
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and not n.name.startswith(GUARD_SCOPE)]
     if not convs or not heads:
         raise WbcEdgeError("cannot find the first convolution and the classifier in the graph")
     return {"first-conv": convs[0].name, "classifier": heads[-1].name}
 
 
 def excluded_nodes(model: "onnx.ModelProto", keep_float: list[str] | tuple[str, ...]) -> list[str]:
-    """The node names behind ``keep_float`` (a subset of END_LAYERS)."""
+    """The node names behind ``keep_float`` (a subset of END_LAYERS), and the
+    domain guard's nodes where the model has one."""
     unknown = sorted(set(keep_float) - set(END_LAYERS))
     if unknown:
         raise WbcEdgeError(f"unknown layers to keep in float: {unknown}; choose from {list(END_LAYERS)}")
     names = end_layers(model)
-    return [names[k] for k in END_LAYERS if k in keep_float]
+    return [names[k] for k in END_LAYERS if k in keep_float] + guard_nodes(model)
 
 
 def _initializers(model: "onnx.ModelProto") -> dict:

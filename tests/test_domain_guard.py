@@ -135,3 +135,18 @@ def test_evaluate_reports_the_guard(guarded_checkpoint, sample_dir, sample_manif
     assert len(guard["ood_scores"]) == report["num_images"]
     assert "balanced_accuracy" in report and len(report["confusion_matrix"]["matrix"]) == 8  # the classes only
     assert "domain guard:" in format_report(report)
+
+
+def test_quantization_keeps_the_guard_in_float_and_finds_the_real_classifier(guarded_checkpoint, tmp_path,
+                                                                              sample_dir):
+    onnx = pytest.importorskip("onnx")
+    from wbc_edge.calibration import graph_prep
+    from wbc_edge.export.onnx_export import export_checkpoint
+
+    path = tmp_path / "guarded.onnx"
+    export_checkpoint(guarded_checkpoint, path, verify_images=sample_dir)
+    model = onnx.load(str(path))
+    assert graph_prep.end_layers(model)["classifier"] == "/fc/Gemm"
+    excluded = graph_prep.excluded_nodes(model, [])
+    assert excluded and all(name.startswith("/guard/") for name in excluded)
+    assert {"MatMul", "ReduceMin"} <= {n.op_type for n in model.graph.node if n.name in excluded}
