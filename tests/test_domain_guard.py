@@ -27,7 +27,7 @@ def test_graph_score_equals_the_numpy_score_and_separates_shifted_features():
     stats = fit_guard(train, labels, 3, stages=(4,))
     same = centres[labels[:200]] + rng.normal(0, 1, (200, 16))
     shifted = same + 4.0  # every feature moved: another lab
-    guard = DomainGuard(stats)
+    guard = DomainGuard.from_statistics(stats)
     stage4 = torch.tensor(shifted, dtype=torch.float32)[:, :, None, None]  # pooled = the values themselves
     graph = guard([None, None, None, stage4]).numpy().ravel()
     np.testing.assert_allclose(graph, stats.score(shifted), rtol=1e-4)

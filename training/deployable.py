@@ -64,5 +64,4 @@ class DeployableModel(nn.Module):
         if self.guard is None:
             return self.net(x)
         stages = self.net.stages(x)
-        logits = self.net.fc(self.net.avgpool(stages[-1]).flatten(1))
-        return torch.cat([logits.float(), self.guard(stages)], dim=1)
+        return torch.cat([self.net.classify(stages[-1]).float(), self.guard(stages)], dim=1)

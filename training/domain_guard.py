@@ -71,16 +71,24 @@ def fit_guard(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
 
 class DomainGuard(nn.Module):
-    """(stage outputs) -> (N, 1) score, the graph form of :meth:`GuardStatistics.score`."""
+    """(stage outputs) -> (N, 1) score, the graph form of :meth:`GuardStatistics.score`.
 
-    def __init__(self, stats: GuardStatistics):
+    Holds the whitening, the whitened class means (D, C) and their squared
+    norms, so the graph computes ``|z|^2 - 2 z.m + |m|^2`` per class."""
+
+    def __init__(self, stages: Sequence[int], whitening: Tensor, whitened_means: Tensor, mean_norms: Tensor):
         super().__init__()
-        self.stages = tuple(stats.stages)
+        self.stages = tuple(int(s) for s in stages)
+        self.register_buffer("whitening", whitening.float())
+        self.register_buffer("whitened_means", whitened_means.float())
+        self.register_buffer("mean_norms", mean_norms.float())
+        self.dim = float(whitening.shape[0])
+
+    @classmethod
+    def from_statistics(cls, stats: GuardStatistics) -> "DomainGuard":
         whitened_means = stats.means @ stats.whitening
-        self.register_buffer("whitening", torch.tensor(stats.whitening, dtype=torch.float32))
-        self.register_buffer("whitened_means", torch.tensor(whitened_means.T, dtype=torch.float32))  # (D, C)
-        self.register_buffer("mean_norms", torch.tensor((whitened_means ** 2).sum(1), dtype=torch.float32))
-        self.dim = float(stats.whitening.shape[0])
+        return cls(stats.stages, torch.tensor(stats.whitening), torch.tensor(whitened_means.T),
+                   torch.tensor((whitened_means ** 2).sum(1)))
 
     def forward(self, stages: Sequence[Tensor]) -> Tensor:
         z = pooled_features(stages, self.stages).float() @ self.whitening
@@ -94,14 +102,7 @@ class DomainGuard(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict) -> "DomainGuard":
-        guard = cls.__new__(cls)
-        nn.Module.__init__(guard)
-        guard.stages = tuple(int(s) for s in state["stages"])
-        guard.register_buffer("whitening", state["whitening"].float())
-        guard.register_buffer("whitened_means", state["whitened_means"].float())
-        guard.register_buffer("mean_norms", state["mean_norms"].float())
-        guard.dim = float(state["whitening"].shape[0])
-        return guard
+        return cls(state["stages"], state["whitening"], state["whitened_means"], state["mean_norms"])
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wbc_edge.backends.base import Runner
+from wbc_edge.domain_check import cell_verdict
 
 from .data import load_images, read_samples
 from .metrics import classification_report, expected_calibration_error, reliability, softmax
@@ -64,7 +65,8 @@ def guard_summary(outputs: np.ndarray, guard: dict | None, cell_found: np.ndarra
     scores = outputs[:, -1].astype(np.float64)
     finite = np.isfinite(scores)
     found = np.ones(len(scores), bool) if cell_found is None else cell_found
-    ood = ~finite | (scores > guard["threshold"]) | ~found
+    # the classifier's own per-cell verdict, so "out of distribution" has one definition
+    ood = np.array([cell_verdict(float(s), bool(f), guard)[1] for s, f in zip(scores, found)], bool)
     return {
         "threshold": guard["threshold"],
         "out_of_distribution_fraction": float(ood.mean()) if len(ood) else 0.0,

@@ -108,10 +108,12 @@ class ResNet(nn.Module):
         c3 = self.layer3(c2)
         return c1, c2, c3, self.layer4(c3)
 
+    def classify(self, c4: Tensor) -> Tensor:
+        """Logits from layer4's output: global average pool, then fc."""
+        return self.fc(self.avgpool(c4).flatten(1))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stages(x)[-1]
-        x = self.avgpool(x).flatten(1)
-        return self.fc(x)
+        return self.classify(self.stages(x)[-1])
 
 
 def resnet18(num_classes: int = 1000, norm: str = "batch") -> ResNet:

@@ -281,7 +281,7 @@ def fit_domain_guard(model, train_set: ImageSet, val_set: ImageSet, mean, std, c
     normalize = Normalize(mean, std, cfg.input_normalization)
     stats = fit_guard(stage_features(model, normalize, train_set.images, stages), train_set.labels,
                       len(train_set.classes), stages)
-    guard = DomainGuard(stats)
+    guard = DomainGuard.from_statistics(stats)
     val_scores = stats.score(stage_features(model, normalize, val_set.images, stages))
     threshold = float(np.quantile(val_scores, GUARD_QUANTILE))
     record = {

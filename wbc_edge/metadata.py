@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class ModelMetadata:
             raise MetadataError(f"temperature must be positive, got {self.temperature}")
         if self.domain_guard is not None:
             threshold = self.domain_guard.get("threshold") if isinstance(self.domain_guard, dict) else None
-            if not isinstance(threshold, (int, float)) or not threshold > 0 or threshold == float("inf"):
+            if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not threshold > 0:
                 raise MetadataError(f"domain_guard needs a positive, finite threshold, got {self.domain_guard!r}")
         if self.precision not in PRECISIONS:
             raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
