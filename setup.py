@@ -22,9 +22,11 @@ preprocess = Pybind11Extension(
 )
 
 setup(
-    packages=["wbc_edge", "wbc_edge.backends", "wbc_edge.cli", "wbc_edge.models", *PIPELINE_PACKAGES],
+    packages=["wbc_edge", "wbc_edge.backends", "wbc_edge.cli", "wbc_edge.models", "wbc_edge.review_page",
+              *PIPELINE_PACKAGES],
     package_dir=PIPELINE_PACKAGES,
-    package_data={"wbc_edge.models": ["*.onnx", "*.json", "*.md"]},
+    package_data={"wbc_edge.models": ["*.onnx", "*.json", "*.md"],
+                  "wbc_edge.review_page": ["static/*.html", "static/*.js", "static/*.css"]},
     ext_modules=[preprocess],
     cmdclass={"build_ext": build_ext},
     zip_safe=False,

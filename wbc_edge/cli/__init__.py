@@ -24,12 +24,14 @@ COMMANDS = {
     "calibrate": ("calibrate", "make FP16 or INT8 (calibrated) ONNX models"),
     "compare": ("compare", "compare two models on the same labelled images"),
     "build-engine": ("build_engine", "compile an ONNX model into a TensorRT engine"),
+    "review": ("review", "review a report's cells on a local web page, correct them and sign off"),
 }
 
 EPILOG = """\
 examples:
   wbc-edge classify examples/                     classify images with the shipped model
   wbc-edge classify cells/ --out report.json      ... and write the full report
+  wbc-edge review report.json                     check and correct the cells on a local web page
   wbc-edge info                                   what this machine can run
   wbc-edge train --data pbc --manifest pbc/manifest.csv --out runs/r18
   wbc-edge export --checkpoint runs/r18/best.pt --out model.onnx
