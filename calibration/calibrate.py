@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from wbc_edge.atomic import check_output, write_atomic
 from wbc_edge.errors import WbcEdgeError
-from wbc_edge.metadata import ModelMetadata, sha256_of
+from wbc_edge.metadata import ModelMetadata, sha256_of, sidecar_path
 
 from .dataset import DEFAULT_NUM_IMAGES, DEFAULT_SEED, CalibrationSet, load_calibration_set
 
@@ -111,6 +112,9 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
         raise WbcEdgeError(f"{out}: the output name must end in .onnx")
     if out.resolve() == onnx_path.resolve():
         raise WbcEdgeError(f"{out}: the output would overwrite the input model")
+    check_output(out, "--out", make_parents=True)
+    check_output(record_path_for(out), "the calibration record", make_parents=True)
+    check_output(sidecar_path(out), "the output's metadata", make_parents=True)
 
     source, meta = load_model(onnx_path)
     if meta.precision != "fp32":
@@ -181,9 +185,7 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
         "command": repeat_command(onnx_path, out, precision, data, manifest, target, method, num_images, seed,
                                   keep_float),
     }
-    tmp = record_file.with_name(record_file.name + ".tmp")
-    tmp.write_text(json.dumps(full_record, indent=1) + "\n")
-    os.replace(tmp, record_file)
+    write_atomic(record_file, json.dumps(full_record, indent=1) + "\n")
     return CalibrationResult(path=out, metadata=new_meta, record_path=record_file, record=full_record,
                              size_bytes=out.stat().st_size)
 

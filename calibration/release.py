@@ -259,8 +259,10 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
     report["budget_bytes"] = budget_bytes
     report["table"] = markdown_table(rows)
     report["seconds"] = round(time.time() - started)
-    (build_dir / "release-report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (build_dir / "release-table.md").write_text(report["table"] + "\n")
+    from wbc_edge.atomic import write_atomic
+
+    write_atomic(build_dir / "release-report.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(build_dir / "release-table.md", report["table"] + "\n")
     say(f"shipped {used / 1e6:.1f} MB of {budget_bytes / 1e6:.0f} MB in {models_dir}; report: "
         f"{build_dir / 'release-report.json'}\n\n{report['table']}")
     return report

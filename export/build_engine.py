@@ -21,6 +21,7 @@ from wbc_edge.backends.tensorrt import import_tensorrt, make_logger, start_tenso
 from wbc_edge.backends.tensorrt_compat import (HARDWARE_LEVELS, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord,
                                                check_driver_for, missing_for)
 from wbc_edge.errors import MetadataError, MissingDependencyError, WbcEdgeError
+from wbc_edge.atomic import check_outputs, write_atomic
 from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata, resolve_metadata, sha256_of, sidecar_path
 
 from .build_progress import build_progress
@@ -61,6 +62,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     cache_path = Path(timing_cache) if timing_cache else None
     _check_arguments(onnx_path, engine_path, min_batch, opt_batch, max_batch, workspace_mb,
                      version_compatible, exclude_lean_runtime, hardware_compatible)
+    check_outputs({"--out": engine_path, "the engine's metadata": sidecar_path(engine_path),
+                   "--timing-cache": cache_path}, [onnx_path], make_parents=True)
     meta = onnx_metadata(onnx_path)
     missing = missing_for("build")
     if missing:
@@ -261,12 +264,8 @@ def attach_timing_cache(trt, config, path: Path | None, progress: TextIO | None)
 
 
 def _write_atomic(path: Path, data) -> None:
-    """Writes bytes (or an IHostMemory buffer) to a temporary file, then renames it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(data))
-    os.replace(tmp, path)
+    """Writes bytes (or an IHostMemory buffer) atomically (wbc_edge.atomic.write_atomic)."""
+    write_atomic(path, writer=lambda f: f.write(memoryview(data)), make_parents=True)
 
 
 def _say(stream: TextIO | None, text: str) -> None:

@@ -125,6 +125,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
 
     from wbc_edge.training.checkpoint import extract_state_dict, guard_of, load_checkpoint, metadata_of
 
+    from wbc_edge.atomic import check_output, move_into_place
+
     from . import weight_storage as storage
     from .onnx_files import save_model
 
@@ -133,6 +135,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise WbcEdgeError(f"{out}: the output name must end in .onnx")
+    check_output(out, "the ONNX output", make_parents=True)
+    check_output(sidecar_path(out), "the ONNX output's metadata", make_parents=True)
     folder = Path(verify_images) if verify_images is not None else default_verification_dir()
     if folder is None:
         raise WbcEdgeError("no verification images: pass --verify-images DIR, a folder of real cell "
@@ -161,8 +165,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     try:
         save_model(proto, tmp, meta)
         parity = verify_file(tmp, expected, images, names, relative_tolerance, label=out.name)
-        os.replace(tmp, out)
-        os.replace(sidecar_path(tmp), sidecar_path(out))
+        move_into_place(tmp, out)
+        move_into_place(sidecar_path(tmp), sidecar_path(out))
     finally:
         for leftover in (tmp, sidecar_path(tmp)):
             if leftover.exists():

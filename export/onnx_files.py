@@ -77,9 +77,9 @@ def save_model(model: "onnx.ModelProto", path: str | os.PathLike, meta: ModelMet
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as error:
             raise OnnxModelError(f"{path}: the model fails onnx.checker: {error}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    from wbc_edge.atomic import check_output, write_atomic
+
+    check_output(sidecar_path(path), "the model's metadata", make_parents=True)
+    write_atomic(path, writer=lambda f: onnx.save(model, f), make_parents=True)
     meta.save(sidecar_path(path))
     return path

@@ -29,12 +29,9 @@ class CheckpointError(WbcEdgeError):
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Writes ``payload`` to ``path`` atomically: a crash mid-write leaves the
     previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    from wbc_edge.atomic import write_atomic
+
+    return write_atomic(path, writer=lambda f: torch.save(payload, f), make_parents=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -48,13 +45,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain values, "
-            f"which could run code when unpickled ({str(error).splitlines()[0]})"
+            f"which could run code when unpickled{_unsafe_global(error)}. Do not load it with "
+            "weights_only=False unless you made it yourself; a checkpoint from 'wbc-edge train' holds only "
+            "tensors and plain values"
         ) from None
     except Exception as error:  # truncated, not a torch file, ...
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
     return data
+
+
+def _unsafe_global(error: Exception) -> str:
+    """The object torch refused (its 'Unsupported global: GLOBAL x' line),
+    without torch's advice to load the file unsafely."""
+    for line in str(error).splitlines():
+        if "GLOBAL" in line:
+            return f" ({line.strip().rstrip('.')[:200]})"
+    return ""
 
 
 def extract_state_dict(data: dict[str, Any]) -> dict[str, torch.Tensor]:

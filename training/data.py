@@ -36,7 +36,9 @@ class Sample:
 
 def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Sample]:
     """Samples from a CSV with columns ``path,label[,split]`` (others ignored).
-    Relative paths are taken from ``root``, by default the manifest's folder."""
+    Relative paths are taken from ``root``, by default the manifest's folder;
+    a path that leads outside ``root`` (absolute, ``../``, or a link out of
+    it) is refused, so a manifest cannot make a run read other files."""
     manifest = Path(manifest)
     root = Path(root) if root is not None else manifest.parent
     try:
@@ -46,8 +48,28 @@ def read_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
         raise DatasetError(f"{manifest}: cannot read the manifest ({error})") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DatasetError(f"{manifest}: expected a CSV header with at least 'path,label[,split]'")
+    outside = [(line, row["path"]) for line, row in enumerate(rows, start=2)
+               if not is_inside(root, row["path"] or "")]
+    if outside:
+        shown = "; ".join(f"line {line}: {path!r}" for line, path in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        raise DatasetError(f"{manifest}: {len(outside)} path{'s' if len(outside) != 1 else ''} lead outside the "
+                           f"data folder {os.fspath(root)!r} ({shown}{more}); manifest paths must be relative "
+                           "paths inside it")
     return [Sample(root / row["path"], row["label"], row.get("split") or group_split(row.get("group")))
             for row in rows]
+
+
+def is_inside(root: str | os.PathLike, relative: str) -> bool:
+    """Whether ``root/relative`` stays inside ``root``: not absolute, no
+    ``..`` climbing out, and (links followed) still under ``root``."""
+    if not relative or os.path.isabs(relative) or (os.altsep and relative.startswith(os.altsep)):
+        return False
+    if os.path.normpath(relative).split(os.sep)[0] == os.pardir:
+        return False
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, relative))
+    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
 
 #: Shares of the groups that go to train and val in :func:`group_split` (the rest: test).

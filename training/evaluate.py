@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from wbc_edge.atomic import write_atomic
 from wbc_edge.backends.base import Runner
 from wbc_edge.domain_check import cell_verdict
 
@@ -76,6 +77,10 @@ def guard_summary(outputs: np.ndarray, guard: dict | None, cell_found: np.ndarra
     }
 
 
+#: The files save_plots writes in its folder.
+PLOT_NAMES = ("confusion_matrix.png", "reliability.png")
+
+
 def save_plots(report: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     """A confusion-matrix PNG and a reliability-diagram PNG in ``folder``."""
     from wbc_edge.errors import require
@@ -107,8 +112,7 @@ def save_plots(report: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {report['accuracy']:.3f}, balanced {report['balanced_accuracy']:.3f}")
     fig.tight_layout()
-    confusion_png = folder / "confusion_matrix.png"
-    fig.savefig(confusion_png, dpi=120)
+    confusion_png = write_atomic(folder / PLOT_NAMES[0], writer=lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
     rel = report["reliability"]
@@ -126,8 +130,7 @@ def save_plots(report: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     ax.set_title(f"ECE {report['ece']:.4f} (T = {report['temperature']:.2f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    reliability_png = folder / "reliability.png"
-    fig.savefig(reliability_png, dpi=120)
+    reliability_png = write_atomic(folder / PLOT_NAMES[1], writer=lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return [confusion_png, reliability_png]
 

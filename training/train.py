@@ -131,9 +131,9 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from wbc_edge.atomic import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -24,6 +24,14 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NORMALIZATIONS = ("dataset", "per_image")
 FORMATS = ("checkpoint", "onnx", "engine")
 SCHEMA_VERSION = 1
+#: What a metadata record may hold: the range of a fitted temperature, of an
+#: input side, the number of classes, and the nesting depth of its JSON.
+TEMPERATURE_RANGE = (1e-2, 1e2)
+INPUT_SIDE = (8, 4096)
+MAX_CLASSES = 1000
+MAX_JSON_DEPTH = 32
+#: Sidecar files larger than this are refused unread.
+MAX_METADATA_BYTES = 16 << 20
 
 
 @dataclass
@@ -56,6 +64,18 @@ class ModelMetadata:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, (list, tuple)):
+            raise MetadataError(f"classes must be a list of names, got {_short_repr(self.classes)}")
+        for name in ("input_size", "mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__") or len(value) > 16:
+                raise MetadataError(f"{name} must be a short list of numbers, got {_short_repr(value)}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise MetadataError(f"{name} must hold numbers, got {_short_repr(value)}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise MetadataError(f"temperature must be a number, got {_short_repr(self.temperature)}")
+        if any(isinstance(v, float) and not float(v).is_integer() for v in self.input_size):
+            raise MetadataError(f"input_size must be whole numbers, got {_short_repr(self.input_size)}")
         self.classes = list(self.classes)
         self.input_size = tuple(int(v) for v in self.input_size)
         self.mean = tuple(float(v) for v in self.mean)
@@ -75,12 +95,22 @@ class ModelMetadata:
 
     def validate(self) -> None:
         """Raises MetadataError naming the first inconsistent field."""
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise MetadataError(f"classes must be a non-empty list of distinct names, got {self.classes}")
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise MetadataError(f"input_size must be (H, W) >= 1, got {self.input_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise MetadataError(f"mean/std need 3 values each, std > 0; got {self.mean} / {self.std}")
+        if (not self.classes or len(set(self.classes)) != len(self.classes) or len(self.classes) > MAX_CLASSES
+                or not all(isinstance(c, str) and 0 < len(c) <= 64 for c in self.classes)):
+            raise MetadataError(f"classes must be a non-empty list of at most {MAX_CLASSES} distinct names "
+                                f"(text, 1 to 64 characters), got {_short_repr(self.classes)}")
+        if len(self.input_size) != 2 or not all(INPUT_SIDE[0] <= v <= INPUT_SIDE[1] for v in self.input_size):
+            raise MetadataError(f"input_size must be (H, W), each from {INPUT_SIDE[0]} to {INPUT_SIDE[1]}, "
+                                f"got {_short_repr(self.input_size)}")
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean + self.std)
+                or min(self.std) <= 0):
+            raise MetadataError(f"mean/std need 3 finite values each, std > 0; got {self.mean} / {self.std}")
+        if not isinstance(self.name, str) or not isinstance(self.extra, dict):
+            raise MetadataError(f"name must be text and extra an object, got {_short_repr(self.name)} / "
+                                f"{type(self.extra).__name__}")
+        if not TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1]:
+            raise MetadataError(f"temperature must be from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g} "
+                                f"(a fitted softmax temperature), got {self.temperature!r}")
         if self.resize_policy not in RESIZE_POLICIES:
             raise MetadataError(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
         if self.input_normalization not in INPUT_NORMALIZATIONS:
@@ -106,11 +136,16 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        if not isinstance(data, dict):
+            raise MetadataError(f"metadata must be a JSON object, got {type(data).__name__}")
+        _check_depth(data)
         known = {f.name for f in dataclasses.fields(cls)}
         missing = [name for name in ("classes", "input_size", "mean", "std") if name not in data]
         if missing:
             raise MetadataError(f"metadata lacks {', '.join(missing)}")
         version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise MetadataError(f"schema_version must be a whole number, got {_short_repr(version)}")
         if version > SCHEMA_VERSION:
             raise MetadataError(
                 f"metadata schema {version} is newer than this wbc-edge understands ({SCHEMA_VERSION}); upgrade wbc-edge"
@@ -127,20 +162,23 @@ class ModelMetadata:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes the JSON record atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
-        return path
+        """Writes the JSON record atomically (wbc_edge.atomic.write_atomic)."""
+        from .atomic import write_atomic
+
+        return write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ModelMetadata":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            if path.stat().st_size > MAX_METADATA_BYTES:
+                raise MetadataError(f"{path}: metadata file is larger than {MAX_METADATA_BYTES >> 20} MB; "
+                                    "not a wbc-edge metadata record")
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MetadataError(f"{path}: metadata file not found") from None
+        except RecursionError:
+            raise MetadataError(f"{path}: cannot read metadata (JSON nested too deeply)") from None
         except (OSError, ValueError) as error:
             raise MetadataError(f"{path}: cannot read metadata ({error})") from None
         if not isinstance(data, dict):
@@ -157,6 +195,24 @@ class ModelMetadata:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 raise MetadataError(f"{what}: {name} mismatch: {mine} vs {theirs}")
+
+
+def _check_depth(data: Any) -> None:
+    """Refuses JSON nested deeper than MAX_JSON_DEPTH (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise MetadataError(f"metadata is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:
@@ -185,6 +241,8 @@ def resolve_metadata(artifact: str | os.PathLike, embedded_json: str | None) -> 
     if embedded_json:
         try:
             embedded = ModelMetadata.from_dict(json.loads(embedded_json))
+        except RecursionError:
+            raise MetadataError(f"{artifact}: embedded metadata is unreadable (JSON nested too deeply)") from None
         except (ValueError, MetadataError) as error:
             raise MetadataError(f"{artifact}: embedded metadata is unreadable ({error})") from None
     if sidecar.is_file():

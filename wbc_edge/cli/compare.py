@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,15 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wbc_edge.atomic import check_outputs, write_atomic
     from wbc_edge.calibration.compare import check_targets, compare_models, format_report
+    from wbc_edge.report import finite_json
 
+    check_outputs({"--out": args.out}, [args.a, args.b, args.data] + ([args.manifest] if args.manifest else []),
+                  make_parents=True)
     report = compare_models(args.a, args.b, args.data, manifest=args.manifest, split=args.split,
                             progress=not args.no_progress)
     drop = None if args.max_balanced_drop is None else args.max_balanced_drop / 100
     missed = check_targets(report, args.min_agreement, drop)
     report["targets"] = {"min_agreement": args.min_agreement, "max_balanced_accuracy_drop": drop, "missed": missed}
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        write_atomic(args.out, json.dumps(finite_json(report), indent=1, allow_nan=False) + "\n")
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if missed:
         print("targets missed: " + "; ".join(missed))

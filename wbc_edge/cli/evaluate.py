@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..backends import BACKENDS, load_runner
@@ -35,19 +36,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_outputs
+    from ..errors import WbcEdgeError, require
     from ..models import resolve_model
-    from ..training.evaluate import evaluate, format_report, save_plots
+    from ..report import finite_json
+    from ..training.evaluate import PLOT_NAMES, evaluate, format_report, save_plots
+
+    # everything that can be refused is refused before the images are read
+    if args.batch_size < 1:
+        raise WbcEdgeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    outputs = {"--out": args.out}
+    if args.plots is not None:
+        require("matplotlib", "matplotlib (for --plots)", "pip install 'wbc-edge[plots]'")
+        if args.plots == "" or (os.path.exists(args.plots) and not os.path.isdir(args.plots)):
+            raise WbcEdgeError(f"--plots {args.plots!r}: must be a folder (it is made if missing)")
+        outputs.update({f"--plots ({name})": os.path.join(args.plots, name) for name in PLOT_NAMES})
+    inputs = [p for p in (args.data, args.manifest) if p]
+    check_outputs(outputs, inputs, make_parents=True)
+    if not os.path.isdir(args.data):
+        raise WbcEdgeError(f"{args.data}: the data folder does not exist" if not os.path.exists(args.data)
+                           else f"{args.data}: is not a folder")
 
     path = resolve_model(args.model, precision=args.precision, backend=args.backend)
     with load_runner(path, backend=args.backend) as runner:
         report = evaluate(runner, args.data, args.manifest, args.split, args.batch_size,
                           progress=not args.no_progress and sys.stderr.isatty())
-    print(format_report(report))
+    written = []
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"metrics written to {args.out}")
+        from ..atomic import write_atomic
+
+        write_atomic(args.out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        written.append(f"metrics written to {args.out}")
     if args.plots:
-        for png in save_plots(report, args.plots):
-            print(f"plot written to {png}")
+        written += [f"plot written to {png}" for png in save_plots(report, args.plots)]
+    print(format_report(report))
+    for line in written:
+        print(line)
     return 0
