@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except WbcEdgeError as error:
         print(f"wbc-edge {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -81,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wbc-edge {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (`wbc-edge classify ... | head`): stop quietly,
-        # and keep Python from complaining again when it flushes stdout at exit.
+        # The reader went away (`wbc-edge classify ... | head`): a normal end,
+        # since every command writes its files before it prints; keep Python
+        # from complaining again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
 
 
 if __name__ == "__main__":
