@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import stat
 import threading
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ CSV_HEADER = ["path", "sha256", "predicted", "confidence", "corrected", "reviewe
 CORRECTIONS_NAME = "corrections.csv"
 #: The largest image file served (bigger ones are not cell crops).
 MAX_IMAGE_BYTES = 64 << 20
-#: Leading characters a spreadsheet reads as a formula (OWASP CSV injection).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 MAX_REVIEWER_LENGTH = 100
 
 # File signatures of the image types classify reads; anything else is not served.
@@ -91,40 +88,20 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that a reader (or a crash) sees the old
-    file or the new one, never half of one: a temporary file created with
-    O_EXCL in the same folder, fsynced, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # the rename itself is durable once the folder is synced
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    file or the new one, never half of one: :func:`wbc_edge.atomic.write_atomic`
+    (a temporary file created with O_EXCL in the same folder, fsynced, renamed
+    over ``path``; never through a link)."""
+    from ..atomic import write_atomic
+
+    write_atomic(path, data)
 
 
 def csv_safe(value: Any) -> str:
     """A CSV field a spreadsheet will not run: text starting with = + - @ tab
     or CR gets a leading single quote (OWASP's recommendation)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    from ..report import csv_text
+
+    return csv_text("" if value is None else str(value))
 
 
 def check_reviewer(name: Any) -> str:

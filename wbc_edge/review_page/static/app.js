@@ -389,7 +389,7 @@
       const row = el("tr");
       const barCell = el("td");
       const bar = el("div", "bar");
-      bar.style.width = Math.max(1, Math.round(120 * p)) + "px";
+      bar.style.width = Math.max(1, Math.round(100 * p)) + "px";
       barCell.appendChild(bar);
       row.append(el("td", null, k), el("td", null, pct(p)), barCell);
       probs.appendChild(row);
