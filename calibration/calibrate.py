@@ -92,8 +92,13 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
     ``cpu`` (ONNX Runtime, uint8 activations). ``keep_float``: layers kept out
     of INT8 (``first-conv``, ``classifier``). ``calibration_set``: images
     already drawn (the release reuses one set for every variant)."""
+    from wbc_edge.errors import require
     from wbc_edge.export.onnx_files import load_model, save_model
 
+    from .int8_tensorrt import INSTALL
+
+    # calibrate's own hint (the [quantize] extra) before onnx_files asks for [export]
+    require("onnx", "the onnx package (for calibrate)", INSTALL)
     from . import graph_prep
 
     if precision not in PRECISIONS:

@@ -70,7 +70,7 @@ def quantize_int8_cpu(model: "onnx.ModelProto", images: np.ndarray, method: str 
     per-channel weights, calibrated on ``images`` (uint8 [N, H, W, 3])."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)} for --target cpu, got {method!r}")
-    require("onnxruntime.quantization", "ONNX Runtime quantization", "pip install onnxruntime")
+    require("onnxruntime.quantization", "ONNX Runtime quantization", "pip install 'wbc-edge[quantize]'")
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -127,9 +127,11 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
         missing.append("no NVIDIA GPU")
     entry = {"usable": not missing, "reason": "; ".join(missing) or None,
              "runtime": "tensorrt" if full else ("tensorrt_lean" if lean else None)}
-    if not full and lean and not missing:
-        entry["reason"] = "lean runtime only: runs version-compatible engines (build-engine --version-compatible)"
-    if missing and any(m.startswith("library") for m in missing):
+    if not full and lean:
+        lean_only = ("the tensorrt package is not installed, only the lean runtime (tensorrt_lean): it runs "
+                     "version-compatible engines (build-engine --version-compatible); building engines needs tensorrt")
+        entry["reason"] = lean_only if not missing else f"{entry['reason']}; {lean_only}"
+    if not full:
         entry["install"] = install_hint("tensorrt")
     status["tensorrt"] = entry
     return status

@@ -17,6 +17,13 @@ policy).
 Beside OUT.onnx it writes OUT.json (the metadata, precision and quantization
 record) and OUT.calibration.json (the images with their sha256, the method, the
 resulting activation ranges, tool versions and the command line).
+
+examples:
+  wbc-edge calibrate --onnx model.onnx --data pbc --manifest pbc/manifest.csv --precision int8 --target cpu \\
+      --out model.int8-cpu.onnx
+  wbc-edge calibrate --onnx model.onnx --data pbc --manifest pbc/manifest.csv --precision fp16 --out model.fp16.onnx
+
+Needs the quantization tools: pip install 'wbc-edge[quantize]'
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True, help="the FP32 ONNX model (from 'wbc-edge export')")
     parser.add_argument("--data", required=True, help="folder per class, or the root of the manifest's relative paths")
     parser.add_argument("--manifest", help="CSV with path,label,split[,sha256]: only split=train rows are used")
-    parser.add_argument("--precision", required=True, choices=PRECISIONS)
+    parser.add_argument("--precision", required=True, choices=PRECISIONS, help="what to make: fp16 or int8")
     parser.add_argument("--target", choices=TARGETS, default="tensorrt", help="INT8 only: who runs the model")
     parser.add_argument("--method", help="INT8 calibration method; if not given: "
                         + ", ".join(f"{m} for {t}" for t, m in DEFAULT_METHODS.items()))

@@ -9,6 +9,11 @@ from a folder per class or a manifest (--split picks rows, e.g. test).
 
 With --min-agreement / --max-balanced-drop the command exits with status 1 when
 B misses a target (for CI and release checks).
+
+examples:
+  wbc-edge compare model.onnx model.int8-cpu.onnx --data pbc --manifest pbc/manifest.csv --split test
+  wbc-edge compare model.onnx model.int8-cpu.onnx --data pbc --manifest pbc/manifest.csv --split test \\
+      --min-agreement 0.99 --max-balanced-drop 1 --out compare.json        # exit 1 on a miss (CI)
 """
 
 from __future__ import annotations

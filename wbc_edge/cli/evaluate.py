@@ -8,6 +8,11 @@ classes; metrics then cover the classes present.
 Prints accuracy, balanced accuracy and per-class precision/recall; --out writes
 the full JSON (per_class, confusion_matrix, ece, errors, ...), --plots a
 confusion matrix and a reliability diagram.
+
+examples:
+  wbc-edge evaluate pbc/ --manifest pbc/manifest.csv --split test --out metrics.json
+  wbc-edge evaluate pbc/ --manifest pbc/manifest.csv --split test --model model.int8.onnx --plots plots/
+  wbc-edge evaluate lab2/              # a folder per class: lab2/<label>/<image>
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the shipped model")
     which.add_argument("--precision", choices=["fp32", "fp16", "int8"],
                        help="a shipped variant of the default model")
-    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                        help="auto: TensorRT for an engine, onnxruntime for ONNX, torch for a checkpoint")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per inference call")
     parser.add_argument("--out", help="write the metrics JSON here")
     parser.add_argument("--plots", metavar="DIR", help="write confusion_matrix.png and reliability.png here")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

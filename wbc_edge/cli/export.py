@@ -14,6 +14,10 @@ every image, or the command fails and writes nothing.
 --weight-storage fp16 rounds the trained weights once to float16-representable
 values and stores them as float16 + Cast: half the file size, float32 compute,
 bit-identical weights (this is how the shipped model is made).
+
+examples:
+  wbc-edge export --checkpoint runs/r18/best.pt --out model.onnx
+  wbc-edge export --checkpoint runs/r18/best.pt --out model.onnx --weight-storage fp16 --verify-images cells/
 """
 
 from __future__ import annotations

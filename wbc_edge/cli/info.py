@@ -4,6 +4,10 @@ and the shipped default model (classes, input size, precisions and files).
 
 --json prints the same as one JSON object (keys: wbc_edge, python, platform,
 cpu, packages, gpu, backends, default_model).
+
+examples:
+  wbc-edge info                     what this machine can run, and what to install for the rest
+  wbc-edge info --json | jq .backends
 """
 
 from __future__ import annotations
