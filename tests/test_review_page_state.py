@@ -185,11 +185,11 @@ def test_a_state_of_another_report_is_refused(report_path):
 
 
 def test_out_folder_and_bad_reports(report_path, tmp_path):
-    out = tmp_path / "review"
+    (tmp_path / "a-file").write_text("x")
     with pytest.raises(WbcEdgeError, match="not a folder"):
-        ReviewSession(report_path, out)
-    out.mkdir()
-    s = ReviewSession(report_path, out, reviewer="r")
+        ReviewSession(report_path, tmp_path / "a-file")
+    out = tmp_path / "review" / "run1"
+    s = ReviewSession(report_path, out, reviewer="r")  # a folder the user named is made
     s.decide(s.cells[0], "monocyte")
     s.export()
     assert {p.name for p in out.iterdir()} == {"run1.review-state.json", "run1.reviewed.json", "corrections.csv"}

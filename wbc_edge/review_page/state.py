@@ -171,8 +171,12 @@ class ReviewSession:
         self.report_sha256 = sha256_bytes(raw)
         self.classes: list[str] = list(self.report["model"]["classes"])
         self.out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else self.report_path.parent
-        if not self.out_dir.is_dir():
-            raise WbcEdgeError(f"--out {self.out_dir} is not a folder (create it first)")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise WbcEdgeError(f"--out {self.out_dir} is not a folder")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WbcEdgeError(f"cannot create --out {self.out_dir}: {error.strerror or error}") from None
         stem = self.report_path.name[:-5] if self.report_path.name.lower().endswith(".json") else self.report_path.name
         self.state_path = self.out_dir / f"{stem}.review-state.json"
         self.reviewed_path = self.out_dir / f"{stem}.reviewed.json"
