@@ -401,3 +401,36 @@ def test_every_command_help_has_examples_and_defaults():
         for action in sub.choices[name]._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings[0]} has no help text"
+
+
+# --- 10: a slow source is not kept waiting for a full batch ---------------------------------
+
+def test_slow_source_gets_answers_before_a_full_batch(classifier):
+    import time
+
+    cells = sorted(EXAMPLES.glob("*.jpg"))[:6]
+    arrived = {}
+
+    def camera():
+        for path in cells:
+            time.sleep(0.4)  # one cell every 0.4 s: a full batch of 64 would take 26 s
+            arrived[os.fspath(path)] = time.monotonic()
+            yield path
+
+    answered = {}
+    for prediction in classifier.predict_stream(camera(), batch_size=64, max_wait=0.2):
+        answered[prediction.path] = time.monotonic()
+    assert list(answered) == [os.fspath(p) for p in cells]
+    assert max(answered[k] - arrived[k] for k in answered) < 2.0  # each within ~max_wait + inference
+    expected = classifier.predict_batch(cells)
+    got = list(classifier.predict_stream(iter(cells), batch_size=4, max_wait=None))
+    assert [(p.label, p.confidence) for p in got] == [(p.label, p.confidence) for p in expected]
+
+    def broken():
+        yield cells[0]
+        raise OSError("camera unplugged")
+
+    with pytest.raises(OSError, match="camera unplugged"):
+        list(classifier.predict_stream(broken(), batch_size=8, max_wait=0.05))
+    with pytest.raises(Exception, match="max_wait"):
+        classifier.predict_stream(cells, max_wait=-1)

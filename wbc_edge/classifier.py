@@ -39,6 +39,7 @@ from .prediction import Prediction, calibrated_probabilities
 from .preprocess import default_num_threads, preprocess_batch
 from .domain_check import cell_verdict
 from .review import ReviewPolicy
+from .stream import DEFAULT_MAX_WAIT, read_ahead
 
 #: Images per inference call: large enough to keep a CPU or GPU busy, small
 #: enough (64 x 128 x 128 x 3 = 3 MB) to bound memory.
@@ -264,12 +265,19 @@ class Classifier:
         return list(self._run(self._read(items[i:i + size]) for i in range(0, len(items), size)))
 
     def predict_stream(self, inputs: Iterable, batch_size: int | None = None,
-                       prefetch: int = DEFAULT_PREFETCH) -> Iterator[Prediction]:
+                       prefetch: int = DEFAULT_PREFETCH, *,
+                       max_wait: float | None = DEFAULT_MAX_WAIT) -> Iterator[Prediction]:
         """Predictions for any iterable of inputs, yielded in input order as
         they are ready. Reading, decoding and preprocessing of the next
         ``prefetch`` batches run in a thread pool while the current batch is
-        inferred, so at most ``prefetch + 1`` batches are in memory. With the
-        same batch size, gives exactly what :meth:`predict_batch` gives.
+        inferred, so at most ``prefetch + 1`` batches are in memory (and one
+        being gathered). With the same batch size, gives exactly what
+        :meth:`predict_batch` gives.
+
+        A slow source (a camera) is not kept waiting for a full batch: a
+        partial batch goes on ``max_wait`` seconds (default 0.1) after its
+        first input arrived (None: only full batches; see
+        :mod:`wbc_edge.stream`).
 
         The arguments are checked at the call; the inputs are read as the
         generator is consumed.
@@ -278,6 +286,8 @@ class Classifier:
         size = self.batch_size if batch_size is None else int(batch_size)
         if size < 1 or prefetch < 1:
             raise WbcEdgeError(f"batch_size and prefetch must be positive, got {batch_size!r} and {prefetch!r}")
+        if max_wait is not None and (not isinstance(max_wait, (int, float)) or not max_wait >= 0):
+            raise WbcEdgeError(f"max_wait must be None or a number of seconds >= 0, got {max_wait!r}")
         if self.runner.max_batch_size:
             size = min(size, self.runner.max_batch_size)
         if _is_stack(inputs):
@@ -285,7 +295,7 @@ class Classifier:
             return self._run(self._stack_chunks(inputs, size))
         if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)) or not hasattr(inputs, "__iter__"):
             raise TypeError(f"predict_stream takes an iterable of inputs, got {type(inputs).__name__}")
-        return self._run(self._read_ahead(_batches(iter(inputs), size), prefetch))
+        return self._run(read_ahead(self._read, iter(inputs), size, prefetch, max_wait))
 
     # --------------------------------------------------------------- lifetime
 
@@ -330,7 +340,7 @@ class Classifier:
         chunk = _Chunk(names=[_name_of(item) for item in items], images=[None] * count, errors=[None] * count)
         encoded = [i for i, item in enumerate(items) if isinstance(item, _ENCODED)]
         decoded = decode_images([items[i] for i in encoded], num_threads=self.num_threads,
-                                max_pixels=self.max_pixels)
+                                max_pixels=self.max_pixels, reduce_to=self.metadata.input_size)
         for i, result in zip(encoded, decoded):
             if isinstance(result, ImageReadError):
                 chunk.errors[i] = result.reason
