@@ -354,3 +354,40 @@ def test_cam_with_the_reports_own_model(running):
         assert len(data["map"]) >= 1 and max(v for row in data["map"] for v in row) == 1.0
     else:
         assert "CAM not available for this model" in data["reason"]
+
+
+def test_cam_with_a_model_exported_with_maps(shipped_fp32_checkpoint, classified, tmp_path):
+    """End to end with the real interface: a model exported with its class
+    activation maps classifies the cells, and the page's map is that
+    model's map of the cell's class."""
+    import inspect
+
+    import numpy as np
+
+    from wbc_edge import Classifier
+    from wbc_edge.export.onnx_export import export_checkpoint
+
+    from .review_page_support import classify
+
+    if "cam" not in inspect.signature(export_checkpoint).parameters:
+        pytest.skip("this checkout's export does not make class activation maps yet")
+    cells, _ = classified
+    model = tmp_path / "cam.onnx"
+    export_checkpoint(shipped_fp32_checkpoint, model, verify_images=cells)
+    report_file = tmp_path / "cam-report.json"
+    done = subprocess.run([*WBC_EDGE, "classify", str(cells), "--model", str(model), "--out", str(report_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    server = start(report_file)
+    try:
+        cell = server.session.cells[0]
+        label = server.session.current_label(cell)
+        data = server.json("GET", f"api/cam/{cell}")
+        assert data["available"], data
+        with Classifier.load(model) as clf:
+            expected = clf.predict_batch([str(server.session.image_path(cell))], cam=True)[0].cam
+        m = expected[server.session.classes.index(label)].astype(np.float64)
+        np.testing.assert_allclose(data["map"], (m - m.min()) / (m.max() - m.min()), atol=1e-3)
+        assert data["label"] == label
+    finally:
+        server.stop()

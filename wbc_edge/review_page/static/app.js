@@ -491,7 +491,7 @@
       for (let x = 0; x < w; x++) {
         const v = map[y][x], [r, g, b] = colour(v), i = 4 * (y * w + x);
         pixels.data[i] = r; pixels.data[i + 1] = g; pixels.data[i + 2] = b;
-        pixels.data[i + 3] = Math.round(70 + 110 * v);
+        pixels.data[i + 3] = Math.round(25 + 135 * v);
       }
     }
     small.getContext("2d").putImageData(pixels, 0, 0);
