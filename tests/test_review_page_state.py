@@ -184,6 +184,18 @@ def test_a_state_of_another_report_is_refused(report_path):
         ReviewSession(report_path)
 
 
+
+def test_a_damaged_state_is_refused_clearly(report_path):
+    s = ReviewSession(report_path, reviewer="r")
+    s.decide(s.cells[0], "monocyte")
+    state = json.loads(s.state_path.read_text())
+    for damage in ({"decisions": {"x": state["decisions"][str(s.cells[0])]}}, {"history": [{"cell": "?"}]},
+                   {"decisions": {"99999": state["decisions"][str(s.cells[0])]}}):
+        s.state_path.write_text(json.dumps({**state, **damage}))
+        with pytest.raises(WbcEdgeError, match="move it away"):
+            ReviewSession(report_path)
+
+
 def test_out_folder_and_bad_reports(report_path, tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(WbcEdgeError, match="not a folder"):

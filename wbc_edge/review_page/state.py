@@ -223,12 +223,18 @@ class ReviewSession:
                     "changed); move it away to start a new review, or choose another --out")
         self.resumed = state is not None
         state = state or {}
-        self.decisions: dict[int, dict] = {}
-        for key, d in (state.get("decisions") or {}).items():
-            cell = int(key)
-            if cell in self.cells and d.get("corrected") in self.classes:
-                self.decisions[cell] = d
-        self.history: list[dict] = list(state.get("history") or [])
+        try:
+            self.decisions: dict[int, dict] = {
+                int(key): d for key, d in (state.get("decisions") or {}).items() if _valid(d, self.classes)}
+            self.history: list[dict] = [
+                h for h in state.get("history") or []
+                if int(h["cell"]) in self._cell_set and _valid(h["after"], self.classes)
+                and (h.get("before") is None or _valid(h["before"], self.classes))]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise WbcEdgeError(f"{self.state_path} is damaged; move it away to start a new review") from None
+        if any(cell not in self._cell_set for cell in self.decisions):
+            raise WbcEdgeError(f"{self.state_path} has decisions for cells this report does not have; "
+                               "move it away to start a new review")
         self.signed_off: dict | None = state.get("signed_off")
         self.started = state.get("started") or now_utc()
         self.outputs: dict[str, str] = dict(state.get("outputs") or {})
@@ -515,6 +521,11 @@ def class_keys(classes: list[str]) -> dict[str, str]:
     if len(classes) > len(pool):
         raise WbcEdgeError(f"the page has keys for {len(pool)} classes; this model has {len(classes)}")
     return {c: pool[i] for i, c in enumerate(classes)}
+
+
+def _valid(decision: Any, classes: list[str]) -> bool:
+    return isinstance(decision, dict) and decision.get("corrected") in classes \
+        and isinstance(decision.get("reviewer"), str) and isinstance(decision.get("reviewed_at"), str)
 
 
 def _login_name() -> str:
