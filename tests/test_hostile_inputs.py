@@ -434,3 +434,40 @@ def test_slow_source_gets_answers_before_a_full_batch(classifier):
         list(classifier.predict_stream(broken(), batch_size=8, max_wait=0.05))
     with pytest.raises(Exception, match="max_wait"):
         classifier.predict_stream(cells, max_wait=-1)
+
+
+# --- 16: messages that do not mislead --------------------------------------------------------
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_refusal_does_not_repeat_the_unsafe_advice(tmp_path):
+    torch = pytest.importorskip("torch")
+    from wbc_edge.training.checkpoint import CheckpointError, load_checkpoint
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {}, "payload": _Payload()}, bad)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(bad)
+    message = str(caught.value)
+    assert "refused to load" in message and "system" in message  # names what it refused
+    assert "can still be loaded" not in message and "two options" not in message.lower()
+    assert "Do not load it with weights_only=False" in message
+
+
+def test_bomb_message_names_an_option_the_cli_has(capsys, tmp_path):
+    from .test_inputs import png_header_only
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(12000, 12000))  # over our limit, under Pillow's own hard one
+    code = main(["classify", str(bomb), "--no-progress", "--out", str(tmp_path / "r.json")])
+    capsys.readouterr()
+    error = json.loads((tmp_path / "r.json").read_text())["images"][0]["error"]
+    assert code == 0 and "decompression bomb" in error and "--max-pixels" in error
+    code = main(["classify", str(bomb), "--no-progress", "--max-pixels", str(12000 * 12000),
+                 "--out", str(tmp_path / "r.json")])
+    capsys.readouterr()
+    error = json.loads((tmp_path / "r.json").read_text())["images"][0]["error"]
+    assert "decompression bomb" not in error  # the limit was raised: decoding was attempted

@@ -131,7 +131,9 @@ def decode_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS,
     except UnidentifiedImageError:
         raise ImageReadError(source, _not_an_image(source, stream)) from None
     except Image.DecompressionBombError as error:
-        raise ImageReadError(source, f"rejected as a possible decompression bomb ({error})") from None
+        raise ImageReadError(source, f"rejected as a possible decompression bomb ({error}); Pillow refuses "
+                                     f"images over {2 * Image.MAX_IMAGE_PIXELS:,} pixels whatever --max-pixels "
+                                     "(or Classifier.load(max_pixels=N)) says") from None
     except MemoryError:
         raise ImageReadError(source, "not enough memory to decode it") from None
     except OSError as error:
