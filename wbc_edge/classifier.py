@@ -376,6 +376,9 @@ class Classifier:
         try:
             batch = preprocess_batch(images, size, out=out, num_threads=self.num_threads, policy=policy, boxes=boxes)
             chunk.cell_found = None if boxes is None else boxes[:, 4] > 0
+            # resized: the decoded images go now, not when the batch is answered
+            # (only whether each input had one is used from here on)
+            chunk.images = [None if image is None else True for image in chunk.images]
             return batch
         except (TypeError, ValueError):
             refused = 0
