@@ -197,3 +197,19 @@ def test_one_rename_site_in_the_package():
                 tmp_names.append(str(source.relative_to(REPO)))
     assert len(sites) <= 2 and all(s.startswith("wbc_edge/atomic.py:") for s in sites), sites
     assert tmp_names == []
+
+
+def test_the_writer_gets_a_file_named_by_its_path(tmp_path):
+    """Writers that look at the file's name (onnx.save does) get the temporary path beside the target."""
+    names = []
+    write_atomic(tmp_path / "m.onnx", writer=lambda f: (names.append(f.name), f.write(b"x")))
+    assert isinstance(names[0], str) and Path(names[0]).parent == tmp_path and names[0].endswith(".tmp")
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    write_atomic(tmp_path / "m.onnx", writer=lambda f: onnx.save(model, f))
+    assert onnx.load(str(tmp_path / "m.onnx")).graph.node[0].op_type == "Identity"

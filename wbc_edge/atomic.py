@@ -169,7 +169,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | None = None, *,
     else:  # pragma: no cover - 100 collisions of 48 random bits
         raise OutputPathError(f"{path}: cannot create a temporary file beside it")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb", opener=lambda *_: fd) as f:  # the file object is named by its path
             if mode is not None:
                 os.fchmod(f.fileno(), mode)
             if writer is not None:
