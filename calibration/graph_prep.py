@@ -61,21 +61,23 @@ def remove_unused_opsets(model: "onnx.ModelProto", keep: tuple[str, ...] = ()) -
     model.opset_import.extend(kept)
 
 
-#: The exporter's name scope of the domain guard's nodes (DeployableModel.guard).
-GUARD_SCOPE = "/guard/"
+#: The exporter's name scopes of the extra outputs' nodes (DeployableModel.guard and .cam).
+GUARD_SCOPE, CAM_SCOPE = "/guard/", "/cam/"
 
 
-def guard_nodes(model: "onnx.ModelProto") -> list[str]:
-    """The domain guard's nodes: always kept in float, since its distances
-    compare against a threshold fitted in float32."""
-    return [n.name for n in model.graph.node if n.name.startswith(GUARD_SCOPE)]
+def float_output_nodes(model: "onnx.ModelProto") -> list[str]:
+    """The extra outputs' nodes, always kept in float: the domain guard's
+    distances compare against a threshold fitted in float32, and the
+    activation maps are an explanation, not worth a quantization error."""
+    return [n.name for n in model.graph.node if n.name.startswith((GUARD_SCOPE, CAM_SCOPE))]
 
 
 def end_layers(model: "onnx.ModelProto") -> dict[str, str]:
     """Node names of the first convolution (on the normalized image) and the
     classifier (the last Gemm/MatMul outside the domain guard), found by graph structure."""
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and not n.name.startswith(GUARD_SCOPE)]
+    heads = [n for n in model.graph.node
+             if n.op_type in ("Gemm", "MatMul") and not n.name.startswith((GUARD_SCOPE, CAM_SCOPE))]
     if not convs or not heads:
         raise WbcEdgeError("cannot find the first convolution and the classifier in the graph")
     return {"first-conv": convs[0].name, "classifier": heads[-1].name}
@@ -83,12 +85,12 @@ def end_layers(model: "onnx.ModelProto") -> dict[str, str]:
 
 def excluded_nodes(model: "onnx.ModelProto", keep_float: list[str] | tuple[str, ...]) -> list[str]:
     """The node names behind ``keep_float`` (a subset of END_LAYERS), and the
-    domain guard's nodes where the model has one."""
+    domain guard's and activation maps' nodes where the model has them."""
     unknown = sorted(set(keep_float) - set(END_LAYERS))
     if unknown:
         raise WbcEdgeError(f"unknown layers to keep in float: {unknown}; choose from {list(END_LAYERS)}")
     names = end_layers(model)
-    return [names[k] for k in END_LAYERS if k in keep_float] + guard_nodes(model)
+    return [names[k] for k in END_LAYERS if k in keep_float] + float_output_nodes(model)
 
 
 def _initializers(model: "onnx.ModelProto") -> dict:

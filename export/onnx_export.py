@@ -64,13 +64,14 @@ class ExportResult:
         }
 
 
-def deployable_from_state(state, meta: ModelMetadata, guard=None):
+def deployable_from_state(state, meta: ModelMetadata, guard=None, cam: bool = False):
     """The exported module: ``DeployableModel`` around a ResNet-18 with
-    ``state`` (and the checkpoint's domain guard, if any), in eval mode."""
+    ``state`` (and the checkpoint's domain guard, if any; class activation
+    maps with ``cam``), in eval mode."""
     from wbc_edge.training.checkpoint import load_resnet18
     from wbc_edge.training.deployable import DeployableModel
 
-    return DeployableModel(load_resnet18(state), meta.mean, meta.std, meta.input_normalization, guard).eval()
+    return DeployableModel(load_resnet18(state), meta.mean, meta.std, meta.input_normalization, guard, cam).eval()
 
 
 def to_onnx(model, meta: ModelMetadata, opset: int = DEFAULT_OPSET):
@@ -114,10 +115,11 @@ def _version() -> str:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                       weight_storage: str = "fp32", verify_images: str | os.PathLike | None = None,
-                      relative_tolerance: float | None = None) -> ExportResult:
+                      relative_tolerance: float | None = None, cam: bool = True) -> ExportResult:
     """Exports a wbc-edge checkpoint to ``out`` (ONNX + JSON sidecar) and
     verifies it against PyTorch on real cell images (``verify_images``, by
-    default the repository's ``examples/``). Raises ParityError, leaving no
+    default the repository's ``examples/``). With ``cam`` the outputs include
+    each class's activation map (``ModelMetadata.cam``). Raises ParityError, leaving no
     output behind, when the ONNX model does not reproduce PyTorch."""
     require("torch", "PyTorch", TORCH_INSTALL)
     require("onnx", "the onnx package", TORCH_INSTALL)
@@ -149,7 +151,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     rounding = None
     if weight_storage == "fp16":
         state, rounding = storage.round_state_dict_to_fp16(state)
-    reference = deployable_from_state(state, meta, guard_of(data))
+    reference = deployable_from_state(state, meta, guard_of(data), cam)
+    meta = meta.replace(cam=reference.cam_metadata(meta.input_size))
     proto = to_onnx(reference, meta, opset)
     stored = storage.store_weights_as_fp16(proto) if weight_storage == "fp16" else []
 

@@ -80,6 +80,7 @@ def save_model(model: "onnx.ModelProto", path: str | os.PathLike, meta: ModelMet
     from wbc_edge.atomic import check_output, write_atomic
 
     check_output(sidecar_path(path), "the model's metadata", make_parents=True)
-    write_atomic(path, writer=lambda f: onnx.save(model, f), make_parents=True)
+    # serialized here: onnx.save wants a file name, and the atomic writer's file has only a descriptor
+    write_atomic(path, model.SerializeToString(), make_parents=True)
     meta.save(sidecar_path(path))
     return path

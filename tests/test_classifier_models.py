@@ -81,9 +81,10 @@ def test_explicit_model_checks(tmp_path):
         models.resolve_model(tmp_path / "m.onnx", precision="int8")
 
 
-def test_torch_backend_needs_a_checkpoint():
-    with pytest.raises(WbcEdgeError, match="checkpoint"):
-        models.resolve_model(backend="torch")
+@needs_model
+def test_torch_backend_runs_the_shipped_fp32_onnx():
+    # PyTorch rebuilds the network from the FP32 graph (tests/test_from_onnx.py checks the answers)
+    assert models.resolve_model(backend="torch") == models.variant_path("fp32")
 
 
 @needs_model

@@ -102,7 +102,7 @@ def verify_dir(tmp_path_factory) -> Path:
 def torch_reference(state: dict, meta: ModelMetadata):
     from wbc_edge.export.onnx_export import deployable_from_state
 
-    return deployable_from_state({k: torch.as_tensor(v) for k, v in state.items()}, meta)
+    return deployable_from_state({k: torch.as_tensor(v) for k, v in state.items()}, meta, cam=meta.cam is not None)
 
 
 def ort_logits(path: Path, images: np.ndarray) -> np.ndarray:
@@ -115,7 +115,8 @@ def ort_logits(path: Path, images: np.ndarray) -> np.ndarray:
 def assert_parity(expected: np.ndarray, got: np.ndarray) -> None:
     """Issue 4's rule: max |dlogit| <= 1e-4 x max |logit| and the same top-1 on every image."""
     assert np.abs(expected - got).max() <= 1e-4 * np.abs(expected).max()
-    np.testing.assert_array_equal(expected.argmax(axis=1), got.argmax(axis=1))
+    classes = slice(0, len(CLASSES))  # the class logits (activation maps may follow)
+    np.testing.assert_array_equal(expected[:, classes].argmax(axis=1), got[:, classes].argmax(axis=1))
 
 
 def test_export_cli_writes_a_verified_uint8_model_with_metadata(checkpoint, verify_dir, tmp_path, capsys):
@@ -132,10 +133,13 @@ def test_export_cli_writes_a_verified_uint8_model_with_metadata(checkpoint, veri
     assert dims == ["batch", *FIXTURE_SIZE, 3]
     (graph_output,) = model.graph.output
     assert graph_output.name == "logits" and graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert [d.dim_param or d.dim_value for d in graph_output.type.tensor_type.shape.dim] == ["batch", len(CLASSES)]
-
     embedded = next(p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY)
     sidecar = ModelMetadata.load(sidecar_path(out))
+    # one logit per class, then each class's activation map (classes x h x w: five halvings of the input)
+    cam = [len(CLASSES), *[(s + 31) // 32 for s in FIXTURE_SIZE]]
+    assert sidecar.cam == {"shape": cam, "layer": "layer4"}
+    assert [d.dim_param or d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [
+        "batch", len(CLASSES) + int(np.prod(cam))]
     assert ModelMetadata.from_dict(json.loads(embedded)) == sidecar
     assert sidecar.classes == CLASSES and sidecar.input_size == FIXTURE_SIZE and sidecar.temperature == 1.3
     assert (sidecar.precision, sidecar.format) == ("fp32", "onnx")
@@ -151,7 +155,7 @@ def test_export_cli_writes_a_verified_uint8_model_with_metadata(checkpoint, veri
         expected = reference(torch.from_numpy(images)).numpy()
     assert_parity(expected, ort_logits(out, images))
     assert_parity(expected[5:6], ort_logits(out, images[5:6]))
-    assert len(set(expected.argmax(axis=1))) > 1  # the check compares something
+    assert len(set(expected[:, :len(CLASSES)].argmax(axis=1))) > 1  # the check compares something
 
 
 def test_fp16_weight_storage_is_lossless(checkpoint, verify_dir, tmp_path):

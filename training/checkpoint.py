@@ -135,9 +135,15 @@ def guard_of(data: dict[str, Any]):
         raise CheckpointError(f"the checkpoint's domain_guard record is incomplete ({error})") from None
 
 
-def load_deployable(path: str | os.PathLike):
+def load_deployable(path: str | os.PathLike, cam: bool = True):
     """(``DeployableModel`` in eval mode, metadata) of a checkpoint: the
-    network with its input normalization and, where fitted, its domain guard."""
+    network with its input normalization, where fitted its domain guard, and
+    with ``cam`` its class activation maps (as an exported model has them).
+    An FP32 ``.onnx`` from ``wbc-edge export`` works too (``from_onnx``)."""
+    if Path(path).suffix.lower() == ".onnx":
+        from .from_onnx import deployable_from_onnx
+
+        return deployable_from_onnx(path, cam)
     from .deployable import DeployableModel
 
     data = load_checkpoint(path)
@@ -145,4 +151,5 @@ def load_deployable(path: str | os.PathLike):
     guard = guard_of(data)
     if (guard is None) != (meta.domain_guard is None):
         raise CheckpointError(f"{path}: the domain guard's statistics and its metadata record must come together")
-    return DeployableModel(net, meta.mean, meta.std, meta.input_normalization, guard).eval(), meta
+    model = DeployableModel(net, meta.mean, meta.std, meta.input_normalization, guard, cam).eval()
+    return model, meta.replace(cam=model.cam_metadata(meta.input_size))

@@ -42,7 +42,7 @@ def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLik
     samples = read_samples(data, manifest, split)
     images = load_images(samples, meta.classes, meta.input_size, meta.resize_policy, progress=progress)
     outputs = predict_logits(runner, images.images, batch_size, progress)
-    logits = outputs[:, :meta.num_classes]
+    logits = outputs[:, meta.output_columns["logits"]]
     probabilities = softmax(logits, meta.temperature)
     report = classification_report(images.labels, probabilities, meta.classes)
     report["ece_uncalibrated"] = expected_calibration_error(softmax(logits), images.labels) if len(images) else 0.0
@@ -52,18 +52,19 @@ def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLik
     report["model"] = {**runner.describe(), "name": meta.name, "classes": meta.classes,
                        "input_size": list(meta.input_size)}
     report["data"] = {"path": str(data), "manifest": str(manifest) if manifest else None, "split": split}
-    report["domain_guard"] = guard_summary(outputs, meta.domain_guard, images.cell_found)
+    scores = outputs[:, meta.output_columns["ood_score"]][:, 0] if meta.domain_guard is not None else None
+    report["domain_guard"] = guard_summary(scores, meta.domain_guard, images.cell_found)
     return report
 
 
-def guard_summary(outputs: np.ndarray, guard: dict | None, cell_found: np.ndarray | None) -> dict[str, Any]:
+def guard_summary(scores: np.ndarray | None, guard: dict | None, cell_found: np.ndarray | None) -> dict[str, Any]:
     """How much of this data the domain guard calls out of distribution:
     the share over its threshold, the share with no white cell found, and the
     score's quartiles. ``ood_scores`` keeps every finite score, for AUROC
     between two evaluations (``training.metrics.auroc``)."""
-    if guard is None:
+    if guard is None or scores is None:
         return {"status": "unavailable"}
-    scores = outputs[:, -1].astype(np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(scores)
     found = np.ones(len(scores), bool) if cell_found is None else cell_found
     # the classifier's own per-cell verdict, so "out of distribution" has one definition

@@ -239,11 +239,11 @@ class Classifier:
 
     # ------------------------------------------------------------- predicting
 
-    def predict(self, image) -> Prediction:
+    def predict(self, image, *, cam: bool = False) -> Prediction:
         """One input (path, bytes, file object, PIL image or uint8 array)."""
-        return self.predict_batch([image])[0]
+        return self.predict_batch([image], cam=cam)[0]
 
-    def predict_batch(self, images) -> list[Prediction]:
+    def predict_batch(self, images, *, cam: bool = False) -> list[Prediction]:
         """One :class:`Prediction` per input, in input order.
 
         Args:
@@ -253,19 +253,23 @@ class Classifier:
                 one stacked uint8 array ``(n, h, w, 3)`` (the zero-copy path:
                 frames already at the model's input size go to the runner
                 as they are, others straight into preprocessing).
+            cam: also give each cell's class activation maps
+                (``Prediction.cam``); the model must have them
+                (``metadata.cam``, as exported models do).
 
         Inputs are processed ``batch_size`` at a time, so memory stays bounded
         whatever the length of the list.
         """
         self._check_open()
+        self._check_cam(cam)
         if _is_stack(images):
-            return list(self._run(self._stack_chunks(images, self.batch_size)))
+            return list(self._run(self._stack_chunks(images, self.batch_size), cam))
         items = _as_sequence(images, "predict_batch")
         size = self.batch_size
-        return list(self._run(self._read(items[i:i + size]) for i in range(0, len(items), size)))
+        return list(self._run((self._read(items[i:i + size]) for i in range(0, len(items), size)), cam))
 
     def predict_stream(self, inputs: Iterable, batch_size: int | None = None,
-                       prefetch: int = DEFAULT_PREFETCH, *,
+                       prefetch: int = DEFAULT_PREFETCH, *, cam: bool = False,
                        max_wait: float | None = DEFAULT_MAX_WAIT) -> Iterator[Prediction]:
         """Predictions for any iterable of inputs, yielded in input order as
         they are ready. Reading, decoding and preprocessing of the next
@@ -283,6 +287,7 @@ class Classifier:
         generator is consumed.
         """
         self._check_open()
+        self._check_cam(cam)
         size = self.batch_size if batch_size is None else int(batch_size)
         if size < 1 or prefetch < 1:
             raise WbcEdgeError(f"batch_size and prefetch must be positive, got {batch_size!r} and {prefetch!r}")
@@ -292,10 +297,10 @@ class Classifier:
             size = min(size, self.runner.max_batch_size)
         if _is_stack(inputs):
             _check_stack(inputs)
-            return self._run(self._stack_chunks(inputs, size))
+            return self._run(self._stack_chunks(inputs, size), cam)
         if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)) or not hasattr(inputs, "__iter__"):
             raise TypeError(f"predict_stream takes an iterable of inputs, got {type(inputs).__name__}")
-        return self._run(read_ahead(self._read, iter(inputs), size, prefetch, max_wait))
+        return self._run(read_ahead(self._read, iter(inputs), size, prefetch, max_wait), cam)
 
     # --------------------------------------------------------------- lifetime
 
@@ -317,6 +322,12 @@ class Classifier:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Classifier is closed")
+
+    def _check_cam(self, cam: bool) -> None:
+        if cam and self.metadata.cam is None:
+            where = self.model_path or self.runner.describe()
+            raise WbcEdgeError(f"{where}: this model has no class activation maps (metadata 'cam'); "
+                               "export its checkpoint again with 'wbc-edge export' (maps are on by default)")
 
     def _check_outputs(self) -> None:
         """Runs one blank image: the model must give one logit per class in
@@ -410,7 +421,7 @@ class Classifier:
                     chunk.batch = self._preprocess(chunk, out=None)
             yield chunk
 
-    def _run(self, chunks: Iterable[_Chunk]) -> Iterator[Prediction]:
+    def _run(self, chunks: Iterable[_Chunk], cam: bool = False) -> Iterator[Prediction]:
         """Predictions for a sequence of chunks, in order. With a reserving
         runner, chunk k+1 is preprocessed into the runner's memory and
         started while chunk k runs; a thread never waits for a buffer while
@@ -421,13 +432,13 @@ class Classifier:
                 self._check_open()
                 begun = self._start(chunk, wait=not started)
                 if begun is None:  # every buffer busy: finish ours first, then wait for one
-                    yield from self._finish(started.popleft())
+                    yield from self._finish(started.popleft(), cam)
                     begun = self._start(chunk, wait=True)
                 started.append(begun)
                 while len(started) > 1:
-                    yield from self._finish(started.popleft())
+                    yield from self._finish(started.popleft(), cam)
             while started:
-                yield from self._finish(started.popleft())
+                yield from self._finish(started.popleft(), cam)
         finally:
             for item in started:  # the consumer stopped early, or something failed
                 if item.reserved is not None:
@@ -463,18 +474,21 @@ class Classifier:
         # rows past len(batch) (images refused by preprocessing) are computed but unused
         return _Started(chunk, reserved=reserved, used=len(batch))
 
-    def _finish(self, started: _Started) -> list[Prediction]:
+    def _finish(self, started: _Started, cam: bool) -> list[Prediction]:
         logits = started.logits
         if started.reserved is not None:
             logits = self.runner.collect(started.reserved)[:started.used]
-        return self._predictions(started.chunk, logits)
+        return self._predictions(started.chunk, logits, cam)
 
-    def _predictions(self, chunk: _Chunk, outputs: np.ndarray | None) -> list[Prediction]:
+    def _predictions(self, chunk: _Chunk, outputs: np.ndarray | None, cam: bool = False) -> list[Prediction]:
         results: list[Prediction] = []
         classes, policy, guard = self.metadata.classes, self._review, self.metadata.domain_guard
         if outputs is not None:
-            logits = outputs[:, :len(classes)]
-            scores = outputs[:, len(classes)] if guard is not None else None
+            columns = self.metadata.output_columns
+            logits = outputs[:, columns["logits"]]
+            scores = outputs[:, columns["ood_score"]][:, 0] if guard is not None else None
+            maps = (outputs[:, columns["cam"]].reshape(-1, *self.metadata.cam_shape).astype(np.float32)
+                    if cam else None)
             probabilities = calibrated_probabilities(logits, self.metadata.temperature)
             finite = np.isfinite(logits).all(axis=1)
             rows = iter(range(len(logits)))
@@ -498,7 +512,8 @@ class Classifier:
             results.append(Prediction(
                 path=name, label=label, confidence=confidence,
                 probabilities={c: float(v) for c, v in zip(classes, p)},
-                review=review, review_reason=reason, ood_score=score, out_of_distribution=ood))
+                review=review, review_reason=reason, ood_score=score, out_of_distribution=ood,
+                cam=None if maps is None else maps[row].copy()))
         return results
 
 

@@ -59,6 +59,9 @@ class ModelMetadata:
     #: stages, threshold, shift_fraction, fitted_on...; None: the model has none.
     #: With a guard the model outputs one more column than classes: ood_score.
     domain_guard: dict[str, Any] | None = None
+    #: class activation maps in the outputs (training/deployable.py's ClassActivationMap):
+    #: ``{"shape": [classes, h, w], "layer": "layer4"}``; None: the model has none.
+    cam: dict[str, Any] | None = None
     #: anything else worth keeping (training run, metrics...)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -88,10 +91,28 @@ class ModelMetadata:
         return len(self.classes)
 
     @property
+    def cam_shape(self) -> tuple[int, int, int] | None:
+        """(classes, h, w) of the model's class activation maps, or None."""
+        return None if self.cam is None else tuple(int(v) for v in self.cam["shape"])
+
+    @property
+    def output_columns(self) -> dict[str, slice]:
+        """Where each output sits in the model's one output row per image:
+        ``logits`` (one per class), then the guard's ``ood_score`` and the
+        flattened ``cam`` where the model has them."""
+        columns, start = {"logits": slice(0, self.num_classes)}, self.num_classes
+        if self.domain_guard is not None:
+            columns["ood_score"], start = slice(start, start + 1), start + 1
+        if self.cam is not None:
+            size = math.prod(self.cam_shape)
+            columns["cam"], start = slice(start, start + size), start + size
+        return columns
+
+    @property
     def num_outputs(self) -> int:
         """Values the model gives per image: one logit per class, plus the
-        guard's ood_score where it has one."""
-        return self.num_classes + (1 if self.domain_guard is not None else 0)
+        guard's ood_score and the class activation maps where it has them."""
+        return list(self.output_columns.values())[-1].stop
 
     def validate(self) -> None:
         """Raises MetadataError naming the first inconsistent field."""
@@ -116,6 +137,12 @@ class ModelMetadata:
         if self.input_normalization not in INPUT_NORMALIZATIONS:
             raise MetadataError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, "
                                 f"got {self.input_normalization!r}")
+        if self.cam is not None:
+            shape = self.cam.get("shape") if isinstance(self.cam, dict) else None
+            if (not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[0] != self.num_classes
+                    or not all(isinstance(v, int) and 1 <= v <= 4096 for v in shape)):
+                raise MetadataError(f"cam needs a shape [classes, h, w] with {self.num_classes} classes, "
+                                    f"got {self.cam!r}")
         if not self.temperature > 0:
             raise MetadataError(f"temperature must be positive, got {self.temperature}")
         if self.domain_guard is not None:

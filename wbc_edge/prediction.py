@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,12 @@ class Prediction:
         out_of_distribution: whether the cell is unlike the training images
             (score over the guard's threshold, or no white cell found); such a
             cell is always flagged for review. None when unknown.
+        cam: only when asked (``predict_batch(..., cam=True)``): each class's
+            activation map over the last stage, float32 ``(classes, h, w)``
+            (``ModelMetadata.cam``), in the model's class order; the mean of
+            a class's map plus the classifier's bias is its logit, so higher
+            values mark where the evidence for that class lies. Not part of
+            :meth:`to_dict`.
     """
 
     path: str | None
@@ -41,6 +47,7 @@ class Prediction:
     error: str | None = None
     ood_score: float | None = None
     out_of_distribution: bool | None = None
+    cam: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

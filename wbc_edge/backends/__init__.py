@@ -43,7 +43,8 @@ def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Ru
     if backend not in _REGISTRY:
         raise WbcEdgeError(f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'")
     expected = backend_for(path)
-    if expected != backend:
+    # an FP32 ONNX from 'wbc-edge export' also runs on torch (rebuilt from its initializers)
+    if expected != backend and not (backend == "torch" and expected == "onnxruntime"):
         raise WbcEdgeError(f"{path}: a {Path(path).suffix} file runs on the {expected} backend, not {backend}")
     module_name, class_name, library, install = _REGISTRY[backend]
     if not library_available(backend):

@@ -43,7 +43,9 @@ class TorchRunner(Runner):
                  channels_last: bool = True, *, streams: int = DEFAULT_STREAMS, cudnn_benchmark: bool = True):
         """
         Args:
-            path: a wbc-edge checkpoint (``.pt``), loaded with weights_only=True.
+            path: a wbc-edge checkpoint (``.pt``, loaded with weights_only=True)
+                or an FP32 ONNX from ``wbc-edge export`` (its weights read back
+                from the graph: ``wbc_edge.training.from_onnx``).
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             half: run in FP16; default: on CUDA yes, on the CPU no (CPUs
                 emulate FP16 slowly).

@@ -125,10 +125,12 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
         return path
 
     if backend == "torch":
-        raise WbcEdgeError(
-            "the torch backend runs PyTorch checkpoints, and the shipped default model is ONNX: pass a "
-            "checkpoint (model='runs/r18/best.pt', --model on the command line), or use backend 'onnxruntime'"
-        )
+        # PyTorch rebuilds the network from the FP32 ONNX (BatchNorm unfolded,
+        # state_dict names: wbc_edge.training.from_onnx); fp16 is applied at run time.
+        shipped = shipped_models()
+        if "fp32" not in shipped:
+            raise _no_default_model()
+        return shipped["fp32"].path
     target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     if precision is None:
         precision = default_precision(target)
