@@ -155,6 +155,20 @@ def test_int8_tensorrt_is_symmetric_int8_qdq_with_per_channel_weights(fp32_model
         assert np.isfinite(runner.infer(images[:8])).all()
 
 
+def assert_activation_maps_in_float(model) -> None:
+    """The class activation map's convolution reads float32 weights (kept out of INT8)."""
+    values, made_by = initializers(model), producers(model)
+    maps = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/cam/")]
+    if not maps:  # a model exported without activation maps
+        return
+    (cam,) = maps
+    weight = values.get(cam.input[1])
+    if weight is None:  # a float weight computed from the classifier's (Reshape of fc.weight)
+        assert made_by[cam.input[1]].op_type not in ("DequantizeLinear",), cam.name
+    else:
+        assert weight.dtype == np.float32
+
+
 def assert_symmetric_per_channel_qdq(model, float_nodes=()) -> None:
     """Every zero point is int8 0; every convolution (but those kept in float)
     reads int8 weights through a DequantizeLinear with one positive scale per
@@ -165,8 +179,9 @@ def assert_symmetric_per_channel_qdq(model, float_nodes=()) -> None:
     for node in qdq:
         zero_point = values[node.input[2]]
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("/cam/")]
     assert len(convs) == 20 and set(float_nodes) <= {n.name for n in model.graph.node}
+    assert_activation_maps_in_float(model)
     for conv in convs:
         if conv.name in float_nodes:
             assert values[conv.input[1]].dtype == np.float32, conv.name
@@ -199,7 +214,8 @@ def test_int8_cpu_is_uint8_activations_int8_per_channel_weights(fp32_model, tmp_
     # ONNX Runtime fuses Q/DQ into its integer kernels only when the model imports com.microsoft.
     assert "com.microsoft" in {o.domain for o in model.opset_import}
     values, made_by = initializers(model), producers(model)
-    for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
+    assert_activation_maps_in_float(model)
+    for conv in [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("/cam/")]:
         weight_dq = made_by[conv.input[1]]
         weight, scale, zero = (values[i] for i in weight_dq.input[:3])
         assert weight.dtype == np.int8 and not zero.any() and scale.shape == (weight.shape[0],)
@@ -247,7 +263,8 @@ def test_end_layers_are_found_by_structure(fp32_model):
     ends = graph_prep.end_layers(model)
     nodes = {n.name: n for n in model.graph.node}
     assert nodes[ends["first-conv"]].op_type == "Conv" and nodes[ends["classifier"]].op_type == "Gemm"
-    assert graph_prep.excluded_nodes(model, ["classifier"]) == [ends["classifier"]]
+    assert graph_prep.excluded_nodes(model, ["classifier"]) == [ends["classifier"], *graph_prep.float_output_nodes(model)]
+    assert {n.split("/")[1] for n in graph_prep.float_output_nodes(model)} == {"cam"}  # this model has no guard
 
 
 # --- the shipped variants -----------------------------------------------------------------------
