@@ -25,7 +25,7 @@ setup(
     packages=["wbc_edge", "wbc_edge.backends", "wbc_edge.cli", "wbc_edge.models", "wbc_edge.review_page",
               *PIPELINE_PACKAGES],
     package_dir=PIPELINE_PACKAGES,
-    package_data={"wbc_edge.models": ["*.onnx", "*.json", "*.md"],
+    package_data={"wbc_edge.models": ["*.onnx", "*.json", "*.md", "reference_cells/*"],
                   "wbc_edge.review_page": ["static/*.html", "static/*.js", "static/*.css"]},
     ext_modules=[preprocess],
     cmdclass={"build_ext": build_ext},

@@ -41,6 +41,13 @@ def onnxruntime_version() -> str:
     return require("onnxruntime", "ONNX Runtime", "pip install onnxruntime").__version__
 
 
+def even_batch(count: int, largest: int) -> int:
+    """The largest batch size up to ``largest`` that divides ``count``: ONNX
+    Runtime's histogram calibrators stack each tensor's batches into one
+    array, which fails when the last batch is shorter."""
+    return next(b for b in range(min(largest, max(count, 1)), 0, -1) if count % b == 0)
+
+
 def _reader(name: str, images: np.ndarray, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -81,7 +88,7 @@ def quantize_int8_cpu(model: "onnx.ModelProto", images: np.ndarray, method: str 
         onnx.save(model, str(source))
         quantize_static(
             str(source), str(out),
-            calibration_data_reader=_reader(input_name(model), images, CALIBRATION_BATCH),
+            calibration_data_reader=_reader(input_name(model), images, even_batch(len(images), CALIBRATION_BATCH)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=False,

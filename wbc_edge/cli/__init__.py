@@ -20,6 +20,7 @@ COMMANDS = {
     "info": ("info", "show versions, usable backends, GPU and the shipped model"),
     "evaluate": ("evaluate", "measure a model on labelled images (accuracy, confusion matrix, ECE)"),
     "train": ("train", "train a ResNet-18 on a folder per class or a manifest"),
+    "adapt": ("adapt", "adapt a model to a new lab from its own cells (labelled, corrected or unlabelled)"),
     "export": ("export", "export a checkpoint to ONNX (uint8 NHWC input) and verify it"),
     "calibrate": ("calibrate", "make FP16 or INT8 (calibrated) ONNX models"),
     "compare": ("compare", "compare two models on the same labelled images"),

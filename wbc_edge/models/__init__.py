@@ -68,12 +68,24 @@ def variant_path(variant: str) -> Path:
 def shipped_models() -> dict[str, ShippedModel]:
     """The variants present in this install (model and metadata both), in
     :data:`VARIANTS` order."""
+    return folder_models(MODELS_DIR, DEFAULT_NAME)
+
+
+def folder_models(folder: str | os.PathLike, name: str | None = None) -> dict[str, ShippedModel]:
+    """The variants in a model directory (this package's, or one that
+    ``wbc-edge adapt`` made): ``NAME.<variant>.onnx`` with its ``.json``, in
+    :data:`VARIANTS` order. ``name`` None: whatever name the directory uses
+    (it must use one)."""
+    folder = Path(folder)
     found = {}
     for variant in VARIANTS:
-        path = variant_path(variant)
-        metadata_path = path.with_suffix(".json")
-        if path.is_file() and metadata_path.is_file():
-            found[variant] = ShippedModel(variant, path, metadata_path)
+        candidates = [folder / f"{name}.{variant}.onnx"] if name else sorted(folder.glob(f"*.{variant}.onnx"))
+        present = [p for p in candidates if p.is_file() and p.with_suffix(".json").is_file()]
+        if len(present) > 1:
+            raise WbcEdgeError(f"{folder}: more than one {variant} model ({', '.join(p.name for p in present)}); "
+                               "a model directory holds one model")
+        if present:
+            found[variant] = ShippedModel(variant, present[0], present[0].with_suffix(".json"))
     return found
 
 
@@ -86,10 +98,10 @@ def variant_for(precision: str, backend: str) -> str:
     return "int8-tensorrt" if backend == "tensorrt" else "int8-cpu"
 
 
-def default_precision(backend: str = "onnxruntime") -> str:
+def default_precision(backend: str = "onnxruntime", shipped: dict[str, ShippedModel] | None = None) -> str:
     """The precision used when none is asked for: the fastest shipped one for
     the backend (on CPU: INT8 if ``int8-cpu`` is shipped, else FP32)."""
-    shipped = shipped_models()
+    shipped = shipped_models() if shipped is None else shipped
     for precision in _PREFERENCE.get(backend, _PREFERENCE["onnxruntime"]):
         if variant_for(precision, backend) in shipped:
             return precision
@@ -100,7 +112,10 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
                   backend: str = "auto") -> Path:
     """The model file to load.
 
-    ``model`` given: that file (which must exist); ``precision`` may not also
+    ``model`` a directory (made by ``wbc-edge adapt``): its variant for
+    ``precision`` on ``backend``, chosen as for the shipped model.
+
+    ``model`` a file: that file (which must exist); ``precision`` may not also
     be given unless ``model`` is a PyTorch checkpoint (whose FP16 is computed at
     run time): an ONNX model or engine has its precision built in.
 
@@ -116,7 +131,7 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
         if not path.exists():
             raise WbcEdgeError(f"{path}: model file not found")
         if path.is_dir():
-            raise WbcEdgeError(f"{path}: is a directory; pass a model file (.onnx, .engine, .pt)")
+            return _directory_variant(path, precision, backend)
         if precision is not None and path.suffix.lower() not in (".pt", ".pth"):
             raise WbcEdgeError(
                 f"--precision picks a shipped variant of the default model, but {path.name} already has its "
@@ -154,6 +169,29 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
             f"and pass it with --model (Classifier.load(model=...))"
         )
     return shipped[variant].path
+
+
+def _directory_variant(folder: Path, precision: str | None, backend: str) -> Path:
+    """The file of a model directory that runs ``precision`` on ``backend``."""
+    present = folder_models(folder)
+    if not present:
+        raise WbcEdgeError(f"{folder}: is a directory without a model: pass a model file (.onnx, .engine, .pt) "
+                           "or a model directory made by 'wbc-edge adapt' (NAME.fp32.onnx with NAME.fp32.json)")
+    if backend == "torch":
+        if "fp32" not in present:
+            raise WbcEdgeError(f"{folder}: has no fp32 model, which the torch backend needs")
+        return present["fp32"].path
+    target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    if precision is None:
+        precision = default_precision(target, present)
+    variant = variant_for(precision, target)
+    if target == "tensorrt":
+        onnx = present.get(variant, present.get("fp32")).path
+        raise WbcEdgeError(f"TensorRT runs engines built on the GPU they run on: build one from {onnx} with\n"
+                           f"  wbc-edge build-engine --onnx {onnx} --out {onnx.with_suffix('.engine').name}")
+    if variant not in present:
+        raise WbcEdgeError(f"{folder}: has no {variant} model (it has: {', '.join(present)})")
+    return present[variant].path
 
 
 def make_command(variant: str) -> str:
