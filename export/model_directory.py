@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from wbc_edge.atomic import publish_directory
 from wbc_edge.errors import WbcEdgeError
 
 NAME = "model"
@@ -49,7 +50,7 @@ def build(out: str | os.PathLike, fill: Callable[[Path], None], force: bool = Fa
         fill(tmp)
         if out.exists():  # --force: the old directory goes once the new one is complete
             shutil.rmtree(out)
-        os.rename(tmp, out)
+        publish_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,7 +47,7 @@ REFERENCE_DIR = Path(__file__).resolve().parents[1] / "wbc_edge" / "models" / "r
 #: fewest cells worth adapting to (a run below refuses and says so)
 MIN_LABELED, MIN_UNLABELED, MIN_PER_CLASS = 8, 32, 2
 #: with at least HOLDOUT_FROM labelled cells, this share is held out to measure before/after
-HOLDOUT_FROM, HOLDOUT_FRACTION = 40, 0.2
+HOLDOUT_FROM, HOLDOUT_FRACTION = 60, 0.2
 #: a pseudo-label is kept when the base model's calibrated confidence reaches this
 PSEUDO_CONFIDENCE = 0.8
 #: guard: shrinkage of its covariance (fewer cells than for training), threshold quantile

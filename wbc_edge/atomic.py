@@ -22,24 +22,11 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Mapping
 
 from .errors import WbcEdgeError
+from .files import describe_kind
 
 
 class OutputPathError(WbcEdgeError):
     """An output path that cannot (or must not) be written, and why."""
-
-
-def _describe_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def check_output(path: str | os.PathLike | None, what: str = "output", *,
@@ -78,7 +65,7 @@ def check_output(path: str | os.PathLike | None, what: str = "output", *,
         if stat.S_ISDIR(info.st_mode):
             raise OutputPathError(f"{what} {text!r}: is a folder; give a file name")
         if not stat.S_ISREG(info.st_mode):
-            raise OutputPathError(f"{what} {text!r}: is {_describe_kind(info.st_mode)}, not a regular file; "
+            raise OutputPathError(f"{what} {text!r}: is {describe_kind(info.st_mode)}, not a regular file; "
                                   "refusing to replace it")
         if not os.access(path, os.W_OK):
             raise OutputPathError(f"{what} {text!r}: the file exists and is not writable (permission denied)")
@@ -193,9 +180,24 @@ def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> Pat
     """Renames a finished file (one this process wrote, in the target's folder)
     over ``target``, after the same checks as :func:`write_atomic`."""
     target = check_output(target, "output file")
+    _rename(Path(source), target)
+    return target
+
+
+def publish_directory(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Renames a finished directory (built beside ``target``) to ``target``,
+    which must not exist (a caller replacing one removes it first)."""
+    source, target = Path(source), Path(target)
+    if target.exists() or target.is_symlink():
+        raise OutputPathError(f"{target}: exists; refusing to replace it")
+    _rename(source, target)
+    return target
+
+
+def _rename(source: Path, target: Path) -> None:
+    """The package's one rename into place, made durable."""
     os.replace(source, target)
     _sync_folder(target.parent)
-    return target
 
 
 def _sync_folder(folder: Path) -> None:

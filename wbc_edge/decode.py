@@ -31,6 +31,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .files import describe_kind
 from .preprocess import default_num_threads
 
 #: What can be decoded: a path, encoded bytes, or a binary file object.
@@ -156,7 +157,7 @@ def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
     except OSError as error:
         raise ImageReadError(path, _os_reason(error)) from None
     if not stat.S_ISREG(info.st_mode):
-        raise ImageReadError(path, f"{_kind(info.st_mode)}, not an image file")
+        raise ImageReadError(path, f"is {describe_kind(info.st_mode)}, not an image file")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
@@ -165,7 +166,7 @@ def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ImageReadError(path, f"{_kind(info.st_mode)}, not an image file")
+            raise ImageReadError(path, f"is {describe_kind(info.st_mode)}, not an image file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -174,18 +175,6 @@ def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
         raise
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "is a directory"
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "is a character device"
-    if stat.S_ISBLK(mode):
-        return "is a block device"
-    if stat.S_ISSOCK(mode):
-        return "is a socket"
-    return "is not a regular file"
 
 
 def _os_reason(error: OSError) -> str:

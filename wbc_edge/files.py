@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -38,3 +39,18 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         path = Path(item)
         paths.extend(find_images(path) if path.is_dir() else [path])
     return paths
+
+
+def describe_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: ``"a directory"``, ``"a FIFO (named pipe)"``..."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"

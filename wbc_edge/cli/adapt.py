@@ -14,7 +14,7 @@ renamed at the end: an interrupted run leaves nothing behind.
 (path,label; or DATA with --manifest), or the review page's corrections.csv
 (each row's image must still exist with the sha256 it was reviewed with).
 Any subset of the model's classes; at least 8 cells and 2 per class present.
-With 40 labelled cells or more, a fifth is held out to measure before/after.
+With 60 labelled cells or more, a fifth is held out to measure before/after.
 --unlabeled takes a folder of cells (flat or nested), at least 32.
 
 examples:
