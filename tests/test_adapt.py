@@ -101,3 +101,26 @@ def test_adapting_to_corrections_writes_a_model_directory_every_command_takes(tm
     assert all(p.ok and p.ood_score is not None for p in a + b)
     assert main(["classify", str(cells), "--model", str(out)]) == 0
     assert "lymphocyte" in capsys.readouterr().out
+
+
+def test_pseudo_labels_are_confident_and_capped_per_class(sample_paths):
+    import numpy as np
+
+    from wbc_edge.preprocess import preprocess_batch
+    from wbc_edge.training.adapt import PSEUDO_CONFIDENCE, PSEUDO_PER_CLASS, logits_of, pseudo_labels
+    from wbc_edge.training.checkpoint import load_deployable
+    from wbc_edge.training.metrics import softmax
+
+    model, meta = load_deployable(resolve_model(backend="torch"))
+    from wbc_edge.decode import decode_images
+
+    images = preprocess_batch(decode_images(sample_paths), meta.input_size, policy=meta.resize_policy)
+    labels, kept = pseudo_labels(model, images, meta.temperature)
+    confidence = softmax(logits_of(model, images), meta.temperature).max(1)
+    assert kept.any() and (confidence[kept] >= PSEUDO_CONFIDENCE).all()
+    counts = np.bincount(labels[kept], minlength=meta.num_classes)
+    assert counts.max() == PSEUDO_PER_CLASS  # 208 PBC cells: more than enough per class
+    for c in range(meta.num_classes):  # the kept ones are the most confident of their class
+        mine = (labels == c) & (confidence >= PSEUDO_CONFIDENCE)
+        if kept[mine].sum() and (~kept[mine]).any():
+            assert confidence[mine & kept].min() >= confidence[mine & ~kept].max()

@@ -11,9 +11,9 @@ The method, chosen by measurement (MODEL_CARD.md, "Adapting to a lab"):
   reference cells (``wbc_edge/models/reference_cells``, role ``replay``) as
   new-lab cells, so the classes the new lab did not label, and the original
   lab's look, are kept.
-* **Pseudo-labels for unlabelled cells**: the base model's confident
-  predictions on the clean image are the targets of augmented views
-  (consistency, as in FixMatch); unsure cells are left out.
+* **Pseudo-labels for unlabelled cells**: the base model's most confident
+  predictions on the clean image, at most a few per class, are the targets
+  of augmented views (consistency, as in FixMatch); the rest are left out.
 * Temperature refitted on held-out labelled cells where there are enough;
   the domain guard refitted on the adapted network's features of the
   replay and new-lab cells (a mean per class and lab), its threshold from
@@ -48,8 +48,9 @@ REFERENCE_DIR = Path(__file__).resolve().parents[1] / "wbc_edge" / "models" / "r
 MIN_LABELED, MIN_UNLABELED, MIN_PER_CLASS = 8, 32, 2
 #: with at least HOLDOUT_FROM labelled cells, this share is held out to measure before/after
 HOLDOUT_FROM, HOLDOUT_FRACTION = 60, 0.2
-#: a pseudo-label is kept when the base model's calibrated confidence reaches this
-PSEUDO_CONFIDENCE = 0.8
+#: pseudo-labels: per predicted class, at most this many of the most confident
+#: cells whose calibrated confidence reaches PSEUDO_CONFIDENCE
+PSEUDO_CONFIDENCE, PSEUDO_PER_CLASS = 0.5, 10
 #: guard: shrinkage of its covariance (fewer cells than for training), threshold quantile
 GUARD_SHRINKAGE, GUARD_QUANTILE = 0.5, 0.975
 
@@ -161,9 +162,18 @@ def logits_of(model, images: np.ndarray, batch: int = 128) -> np.ndarray:
 
 
 def pseudo_labels(model, images: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, kept mask): the base model's confident predictions."""
+    """(labels, kept mask): per predicted class, the base model's
+    PSEUDO_PER_CLASS most confident predictions that reach PSEUDO_CONFIDENCE.
+    The cap keeps the classes balanced: a model that leans towards one class
+    in a new lab would otherwise train itself further that way (measured:
+    MODEL_CARD.md)."""
     p = softmax(logits_of(model, images), temperature)
-    return p.argmax(1), p.max(1) >= PSEUDO_CONFIDENCE
+    guessed, confidence = p.argmax(1), p.max(1)
+    kept = np.zeros(len(images), bool)
+    for c in np.unique(guessed):
+        rows = np.flatnonzero((guessed == c) & (confidence >= PSEUDO_CONFIDENCE))
+        kept[rows[np.argsort(-confidence[rows], kind="stable")][:PSEUDO_PER_CLASS]] = True
+    return guessed, kept
 
 
 def fine_tune(model, images: np.ndarray, labels: np.ndarray, replay: ImageSet, cfg: AdaptConfig):
@@ -292,6 +302,7 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
         labels.append(guessed[kept])
         paths += [p for p, k in zip(unl.paths, kept) if k]
         pseudo = {"cells": len(unl), "kept": int(kept.sum()), "confidence": PSEUDO_CONFIDENCE,
+                  "max_per_class": PSEUDO_PER_CLASS,
                   "per_class": {classes[c]: int((guessed[kept] == c).sum()) for c in range(len(classes))}}
         if kept.sum() == 0:
             raise AdaptError(f"the base model is confident (>= {PSEUDO_CONFIDENCE}) on none of the "
