@@ -17,7 +17,7 @@ The method, chosen by measurement (MODEL_CARD.md, "Adapting to a lab"):
 * Temperature refitted on held-out labelled cells where there are enough;
   the domain guard refitted on the adapted network's features of the
   replay and new-lab cells (a mean per class and lab), its threshold from
-  cells it was not fitted on.
+  out-of-fold scores of cells it was not fitted on.
 """
 
 from __future__ import annotations
@@ -205,26 +205,37 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, replay: ImageSet, c
     return model.eval(), steps
 
 
-def refit_guard(model, fit: list[tuple[np.ndarray, np.ndarray]], held: list[np.ndarray], num_classes: int,
-                base_record: dict | None) -> tuple[dict, dict]:
-    """(guard state, metadata record): one mean per class and lab from the
-    ``fit`` (images, labels) groups, threshold from the ``held`` images."""
+def refit_guard(model, replay: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray],
+                check: np.ndarray, num_classes: int, base_record: dict | None, seed: int,
+                folds: int = 5) -> tuple[dict, dict]:
+    """(guard state, metadata record): one mean per class and lab (PBC
+    reference cells, the new lab's cells) and a shared shrunk covariance.
+    The threshold is a quantile of scores of cells the means did not see:
+    the PBC check cells, and each new-lab cell scored by statistics fitted
+    without its fold (a few dozen cells place a class mean loosely, so
+    in-sample scores would set it too low)."""
     stages = tuple((base_record or {}).get("stages", (3, 4)))
-    features, labels = [], []
-    for group, (images, classes) in enumerate(fit):
-        if len(images):
-            features.append(stage_features(model.net, model.normalize, images, stages))
-            labels.append(classes + group * num_classes)
-    stats = fit_guard(np.concatenate(features), np.concatenate(labels), num_classes * len(fit), stages,
-                      shrinkage=GUARD_SHRINKAGE)
-    held_images = np.concatenate([h for h in held if len(h)])
-    scores = stats.score(stage_features(model.net, model.normalize, held_images, stages))
+    features = lambda images: stage_features(model.net, model.normalize, images, stages)  # noqa: E731
+    replay_f, target_f, check_f = features(replay[0]), features(target[0]), features(check)
+
+    def fitted(rows: np.ndarray):
+        return fit_guard(np.concatenate([replay_f, target_f[rows]]),
+                         np.concatenate([replay[1], target[1][rows] + num_classes]), 2 * num_classes, stages,
+                         shrinkage=GUARD_SHRINKAGE)
+
+    order = np.random.default_rng(seed).permutation(len(target_f))
+    held = [fitted(np.setdiff1d(order, part)).score(target_f[part])
+            for part in np.array_split(order, min(folds, len(order))) if len(part)]
+    stats = fitted(order)
+    scores = np.concatenate([*held, stats.score(check_f)])
     threshold = float(np.quantile(scores, GUARD_QUANTILE))
     record = {**(base_record or {}), "method": "mahalanobis", "stages": list(stages),
               "threshold": round(threshold, 6), "quantile": GUARD_QUANTILE,
               "expected_fraction": round(1 - GUARD_QUANTILE, 4),
               "fitted_on": {"means": "per class and lab (PBC reference cells, the new lab's cells)",
-                            "images": int(sum(len(i) for i, _ in fit)), "threshold_images": int(len(held_images)),
+                            "images": int(len(replay_f) + len(target_f)),
+                            "threshold_from": f"{len(check_f)} PBC check cells and {len(target_f)} new-lab cells, "
+                                              f"{min(folds, len(order))}-fold out of sample",
                             "shrinkage": GUARD_SHRINKAGE}}
     record.setdefault("shift_fraction", 0.15)
     return DomainGuard.from_statistics(stats).state(), record
@@ -316,15 +327,9 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
     if len(lab_held) >= 10:
         temperature = fit_temperature(logits_of(adapted, lab_held.images), lab_held.labels)
         temperature_from = f"{len(lab_held)} held-out labelled cells"
-    # guard: means per class and lab; threshold from cells the means never saw
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(images))
-    cut = max(1, len(images) // 5)
-    guard_state, guard_record = refit_guard(
-        adapted, [(replay.images, replay.labels), (images[order[cut:]], labels[order[cut:]])],
-        [check.images, images[order[:cut]], lab_held.images], len(classes), meta.domain_guard)
-    guard_state_all, _ = refit_guard(adapted, [(replay.images, replay.labels), (images, labels)],
-                                     [check.images], len(classes), meta.domain_guard)
+    guard_state, guard_record = refit_guard(adapted, (replay.images, replay.labels), (images, labels),
+                                            np.concatenate([check.images, lab_held.images]), len(classes),
+                                            meta.domain_guard, cfg.seed)
 
     def measure(m, t, shown: ImageSet) -> dict | None:
         return scores_of(m, shown, t, classes)
@@ -371,7 +376,7 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
     def fill(folder: Path) -> None:
         checkpoint = folder / "adapted.pt"
         save_checkpoint({"model": adapted.net.state_dict(), "meta": new_meta.to_dict(),
-                         "domain_guard": guard_state_all}, checkpoint)
+                         "domain_guard": guard_state}, checkpoint)
         report["variants"] = model_directory.write_variants(folder, checkpoint, calibration_set, REFERENCE_DIR,
                                                             Path(labeled or unlabeled), cfg.progress)
         checkpoint.unlink()
