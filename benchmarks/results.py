@@ -30,7 +30,7 @@ from typing import Sequence
 SCHEMA = "wbc-edge-benchmarks/1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Stages in report order.
-STAGES = ("decode", "preprocess", "preprocess 224x224", "inference", "input size", "end-to-end")
+STAGES = ("decode", "preprocess", "preprocess 224x224", "inference", "input size", "extra outputs", "end-to-end")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
