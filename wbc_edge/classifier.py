@@ -18,10 +18,8 @@ policy, and run by a backend runner; confidences are
 from __future__ import annotations
 
 import io
-import itertools
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -364,18 +362,6 @@ class Classifier:
             chunk.batch = self._preprocess(chunk, out=None)
         return chunk
 
-    def _read_ahead(self, groups: Iterator[list], prefetch: int) -> Iterator[_Chunk]:
-        """_read() of the next ``prefetch`` groups runs in threads while the
-        consumer works on the current one; chunks come out in order."""
-        with ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="wbc-read") as pool:
-            pending = deque(pool.submit(self._read, group) for group in itertools.islice(groups, prefetch))
-            while pending:
-                chunk = pending.popleft().result()
-                following = next(groups, None)
-                if following is not None:
-                    pending.append(pool.submit(self._read, following))
-                yield chunk
-
     def _preprocess(self, chunk: _Chunk, out: np.ndarray | None) -> np.ndarray | None:
         """The chunk's readable images as one model-ready batch. An image the
         C++ preprocessing refuses becomes an error for that input alone."""
@@ -586,14 +572,6 @@ def _as_sequence(images, what: str) -> list:
     if not hasattr(images, "__iter__"):
         raise TypeError(f"{what} takes a list of images, got {type(images).__name__}")
     return list(images)
-
-
-def _batches(iterator: Iterator, size: int) -> Iterator[list]:
-    while True:
-        group = list(itertools.islice(iterator, size))
-        if not group:
-            return
-        yield group
 
 
 def _name_of(item) -> str | None:
