@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
 from wbc_edge.errors import WbcEdgeError
 from wbc_edge.metadata import sha256_of
 
@@ -237,7 +238,7 @@ def refit_guard(model, replay: tuple[np.ndarray, np.ndarray], target: tuple[np.n
                             "threshold_from": f"{len(check_f)} PBC check cells and {len(target_f)} new-lab cells, "
                                               f"{min(folds, len(order))}-fold out of sample",
                             "shrinkage": GUARD_SHRINKAGE}}
-    record.setdefault("shift_fraction", 0.15)
+    record.setdefault("shift_fraction", DEFAULT_SHIFT_FRACTION)
     return DomainGuard.from_statistics(stats).state(), record
 
 
@@ -331,8 +332,12 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
                                             np.concatenate([check.images, lab_held.images]), len(classes),
                                             meta.domain_guard, cfg.seed)
 
-    def measure(m, t, shown: ImageSet) -> dict | None:
-        return scores_of(m, shown, t, classes)
+    digests: dict[str, str] = {}
+
+    def digest(path: str) -> str:  # each image is hashed once, for provenance and calibration record
+        if path not in digests:
+            digests[path] = sha256_of(path)
+        return digests[path]
 
     report = {
         "base_model": {"path": str(base_path), "sha256": sha256_of(base_path)},
@@ -347,19 +352,19 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
         "temperature": {"value": temperature, "from": temperature_from},
         "domain_guard": guard_record,
         "before_after": {
-            "new_lab_held_out": {"before": measure(base, meta.temperature, lab_held),
-                                 "after": measure(adapted, temperature, lab_held)},
-            "pbc_reference_check_cells": {"before": measure(base, meta.temperature, check),
-                                          "after": measure(adapted, temperature, check)},
+            "new_lab_held_out": {"before": scores_of(base, lab_held, meta.temperature, classes),
+                                 "after": scores_of(adapted, lab_held, temperature, classes)},
+            "pbc_reference_check_cells": {"before": scores_of(base, check, meta.temperature, classes),
+                                          "after": scores_of(adapted, check, temperature, classes)},
         },
     }
     adaptation = {
         "base_sha256": report["base_model"]["sha256"], "method": report["method"], "seed": cfg.seed,
         "steps": steps, "versions": {"wbc_edge": __version__, "torch": str(torch.__version__),
                                      "python": platform.python_version()},
-        "images": [{"path": p, "sha256": sha256_of(p), "use": "labelled"} for p in lab_train.paths]
-                  + [{"path": p, "sha256": sha256_of(p), "use": "held out"} for p in lab_held.paths]
-                  + [{"path": p, "sha256": sha256_of(p), "use": "unlabelled"} for p in unl.paths],
+        "images": [{"path": p, "sha256": digest(p), "use": "labelled"} for p in lab_train.paths]
+                  + [{"path": p, "sha256": digest(p), "use": "held out"} for p in lab_held.paths]
+                  + [{"path": p, "sha256": digest(p), "use": "unlabelled"} for p in unl.paths],
     }
     new_meta = meta.replace(temperature=temperature, domain_guard=guard_record, cam=None, format="checkpoint",
                             source_sha256=report["base_model"]["sha256"], quantization=None, tensorrt=None,
@@ -371,7 +376,7 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
     calibration_set = CalibrationSet(
         images=calibration, paths=calibration_paths,
         labels=[classes[i] for i in np.concatenate([labels, replay.labels])],
-        sha256=[sha256_of(p) for p in calibration_paths])
+        sha256=[digest(p) for p in calibration_paths])
 
     def fill(folder: Path) -> None:
         checkpoint = folder / "adapted.pt"
