@@ -1,16 +1,8 @@
-"""Builds the C++ preprocessing extension and maps the pipeline folders into
-the ``wbc_edge`` namespace (``export/`` -> ``wbc_edge.export`` and so on).
-Project metadata and dependencies live in pyproject.toml."""
+"""Builds the C++ preprocessing extension. Project metadata and dependencies
+live in pyproject.toml."""
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
-
-# Folders at the top of the repository that ship inside wbc_edge.
-PIPELINE_PACKAGES = {
-    "wbc_edge.export": "export",
-    "wbc_edge.calibration": "calibration",
-    "wbc_edge.training": "training",
-}
+from setuptools import find_packages, setup
 
 preprocess = Pybind11Extension(
     "wbc_edge._preprocess",
@@ -22,9 +14,7 @@ preprocess = Pybind11Extension(
 )
 
 setup(
-    packages=["wbc_edge", "wbc_edge.backends", "wbc_edge.cli", "wbc_edge.models", "wbc_edge.review_page",
-              *PIPELINE_PACKAGES],
-    package_dir=PIPELINE_PACKAGES,
+    packages=find_packages(include=["wbc_edge", "wbc_edge.*"]),
     package_data={"wbc_edge.models": ["*.onnx", "*.json", "*.md", "reference_cells/*"],
                   "wbc_edge.review_page": ["static/*.html", "static/*.js", "static/*.css"]},
     ext_modules=[preprocess],

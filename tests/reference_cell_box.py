@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .reference_resize import center_crop_box
+from tests.reference_resize import center_crop_box
 
 GRID, PEAK_PERMILLE, MIN_STAIN, MIN_PEAK = 64, 995, 25, 30
 TRIM_NUM, TRIM_DEN = 5, 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"
 WBC_EDGE = [sys.executable, "-c", "import sys; from wbc_edge.cli import main; sys.exit(main())"]

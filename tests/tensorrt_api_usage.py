@@ -196,7 +196,7 @@ def resolve(root, path: tuple[str, ...]) -> bool:
 
 
 RUNTIME_FILES = [REPO / "wbc_edge" / "backends" / "tensorrt.py"]
-BUILD_FILES = [REPO / "export" / "build_engine.py", REPO / "export" / "build_progress.py"]
+BUILD_FILES = [REPO / "wbc_edge" / "export" / "build_engine.py", REPO / "wbc_edge" / "export" / "build_progress.py"]
 CUDA_FILES = [REPO / "wbc_edge" / "backends" / name for name in ("cuda.py", "cuda_pipeline.py", "tensorrt.py")]
 
 

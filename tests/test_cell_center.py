@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 
 from wbc_edge import preprocess_batch
 
-from .reference_cell_box import find_cell
-from .reference_resize import resize_reference
+from tests.reference_cell_box import find_cell
+from tests.reference_resize import resize_reference
 
 
 def _boxes(images, size=(64, 64)):

@@ -16,9 +16,9 @@ from PIL import Image
 from wbc_edge import Classifier, Prediction, preprocess_batch
 from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
 from wbc_edge.decode import decode_image
-from wbc_edge.training.metrics import softmax
+from wbc_edge.metrics import softmax
 
-from .conftest import SAMPLE_DIR, sample_rows
+from tests.conftest import SAMPLE_DIR, sample_rows
 
 
 @pytest.fixture(scope="module")

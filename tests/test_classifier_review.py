@@ -8,7 +8,7 @@ import pytest
 from wbc_edge import Classifier, ReviewPolicy, WbcEdgeError
 from wbc_edge.review import DEFAULT_THRESHOLD, parse_review_options
 
-from .conftest import SAMPLE_DIR, sample_rows
+from tests.conftest import SAMPLE_DIR, sample_rows
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 

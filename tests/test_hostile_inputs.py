@@ -27,7 +27,7 @@ from wbc_edge.decode import ImageReadError, decode_image
 from wbc_edge.errors import MetadataError
 from wbc_edge.metadata import ModelMetadata
 
-from .conftest import REPO, SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows
+from tests.conftest import REPO, SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows
 
 EXAMPLES = REPO / "examples"
 CELL = sorted(EXAMPLES.glob("*.jpg"))[0]
@@ -300,7 +300,7 @@ def test_reports_are_strict_json(tmp_path):
 # --- 8: manifests that climb out of the data root ------------------------------------------
 
 def test_manifest_paths_outside_the_root_are_refused(capsys, tmp_path):
-    from wbc_edge.training.data import DatasetError, read_manifest
+    from wbc_edge.datasets import DatasetError, read_manifest
 
     root = tmp_path / "data"
     shutil.copytree(SAMPLE_DIR, root)
@@ -458,7 +458,7 @@ def test_pickle_refusal_does_not_repeat_the_unsafe_advice(tmp_path):
 
 
 def test_bomb_message_names_an_option_the_cli_has(capsys, tmp_path):
-    from .test_inputs import png_header_only
+    from tests.test_inputs import png_header_only
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(12000, 12000))  # over our limit, under Pillow's own hard one

@@ -15,7 +15,7 @@ from PIL import Image
 
 from wbc_edge import Classifier
 
-from .conftest import SAMPLE_DIR, sample_rows
+from tests.conftest import SAMPLE_DIR, sample_rows
 
 
 @pytest.fixture(scope="module")

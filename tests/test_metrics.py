@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wbc_edge.training.metrics import classification_report, expected_calibration_error, softmax
+from wbc_edge.metrics import classification_report, expected_calibration_error, softmax
 from wbc_edge.training.temperature import fit_temperature, nll
 
 

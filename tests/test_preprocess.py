@@ -12,7 +12,7 @@ from PIL import Image
 from wbc_edge import preprocess_batch
 from wbc_edge.preprocess import normalization_table
 
-from .reference_resize import center_crop_box, resize_reference
+from tests.reference_resize import center_crop_box, resize_reference
 
 
 def pillow_resize(image: np.ndarray, size, box=None) -> np.ndarray:

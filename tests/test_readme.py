@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def quick_start_commands() -> list[str]:

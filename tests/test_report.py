@@ -13,7 +13,7 @@ import pytest
 from wbc_edge import Classifier, Prediction
 from wbc_edge.report import build_report, differential, format_differential, format_images, write_csv, write_json
 
-from .conftest import SAMPLE_DIR, sample_rows
+from tests.conftest import SAMPLE_DIR, sample_rows
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 from wbc_edge.backends import load_runner
 from wbc_edge.cli import main
 from wbc_edge.models import resolve_model
-from wbc_edge.training.data import load_images, read_samples
+from wbc_edge.datasets import load_images, read_samples
 from wbc_edge.training.evaluate import evaluate
-from wbc_edge.training.metrics import softmax
+from wbc_edge.metrics import softmax
 
 
 @pytest.fixture(scope="module")

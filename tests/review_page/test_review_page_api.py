@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .review_page_support import (EXAMPLES, WBC_EDGE, FakeCamClassifier, classified, report_path,  # noqa: F401
+from tests.review_page_support import (EXAMPLES, WBC_EDGE, FakeCamClassifier, classified, report_path,  # noqa: F401
                                   running, start)
 
 SECRET = b"TOP-SECRET-not-a-cell-7f3a"
@@ -367,7 +367,7 @@ def test_cam_with_a_model_exported_with_maps(shipped_fp32_checkpoint, classified
     from wbc_edge import Classifier
     from wbc_edge.export.onnx_export import export_checkpoint
 
-    from .review_page_support import classify
+    from tests.review_page_support import classify
 
     if "cam" not in inspect.signature(export_checkpoint).parameters:
         pytest.skip("this checkout's export does not make class activation maps yet")

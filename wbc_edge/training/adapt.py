@@ -39,9 +39,9 @@ from wbc_edge.errors import WbcEdgeError
 from wbc_edge.metadata import sha256_of
 
 from .augment import AugmentConfig, augment
-from .data import ImageSet, Sample, load_images, read_samples
+from ..datasets import ImageSet, Sample, load_images, read_samples
 from .domain_guard import DomainGuard, fit_guard, stage_features
-from .metrics import classification_report, softmax
+from ..metrics import classification_report, softmax
 from .temperature import fit_temperature
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "wbc_edge" / "models" / "reference_cells"

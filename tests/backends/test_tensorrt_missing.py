@@ -18,7 +18,7 @@ from wbc_edge.cli import main
 from wbc_edge.errors import MissingDependencyError, WbcEdgeError
 from wbc_edge.export.build_engine import engine_metadata, onnx_metadata
 
-ONNX = Path(__file__).resolve().parent.parent / "wbc_edge" / "models" / "default.fp32.onnx"
+ONNX = Path(__file__).resolve().parents[2] / "wbc_edge" / "models" / "default.fp32.onnx"
 needs_onnx = pytest.mark.skipif(not ONNX.is_file(), reason="the shipped default.fp32.onnx is not in this install")
 
 

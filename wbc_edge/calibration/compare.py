@@ -42,7 +42,7 @@ def parity_report(logits_a: np.ndarray, logits_b: np.ndarray, labels: np.ndarray
                   temperature_a: float = 1.0, temperature_b: float = 1.0,
                   paths: Sequence[str] | None = None) -> dict:
     """Compares model B with model A (the reference) on the same images."""
-    from wbc_edge.training.metrics import classification_report, softmax
+    from wbc_edge.metrics import classification_report, softmax
 
     if logits_a.shape != logits_b.shape or len(labels) != len(logits_a):
         raise WbcEdgeError(f"logits {logits_a.shape} and {logits_b.shape} for {len(labels)} labels do not line up")
@@ -97,8 +97,8 @@ def check_targets(report: dict, min_agreement: float | None = None,
 
 def load_labelled_images(data: str | os.PathLike, manifest: str | os.PathLike | None, split: str | None,
                          meta, progress: bool = True):
-    """The labelled images, preprocessed for ``meta`` (training.data.ImageSet)."""
-    from wbc_edge.training.data import load_images, read_samples
+    """The labelled images, preprocessed for ``meta`` (datasets.ImageSet)."""
+    from wbc_edge.datasets import load_images, read_samples
 
     samples = read_samples(data, manifest, split)
     images = load_images(samples, meta.classes, meta.input_size, policy=meta.resize_policy, progress=progress,

@@ -24,7 +24,7 @@ from wbc_edge.errors import ModelMismatchError
 from wbc_edge.metadata import ModelMetadata
 from wbc_edge.preprocess import preprocess_batch
 
-MODELS = Path(__file__).resolve().parent.parent / "wbc_edge" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "wbc_edge" / "models"
 VARIANTS = {"fp32": "default.fp32.onnx", "fp16": "default.fp16.onnx", "int8": "default.int8-tensorrt.onnx"}
 AGREEMENT = {"fp32": 0.999, "fp16": 0.999, "int8": 0.995}
 PROFILE = dict(min_batch=1, opt_batch=16, max_batch=64)  # small: quick builds, and 150 images need a split

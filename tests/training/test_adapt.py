@@ -19,7 +19,7 @@ from wbc_edge.cli import main  # noqa: E402
 from wbc_edge.models import resolve_model, shipped_models  # noqa: E402
 from wbc_edge.training.adapt import AdaptConfig, AdaptError, adapt, reference_samples  # noqa: E402
 
-from .conftest import sample_rows  # noqa: E402
+from tests.conftest import sample_rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif("fp32" not in shipped_models(), reason="the shipped FP32 model is not in this checkout")
 
@@ -109,7 +109,7 @@ def test_pseudo_labels_are_confident_and_capped_per_class(sample_paths):
     from wbc_edge.preprocess import preprocess_batch
     from wbc_edge.training.adapt import PSEUDO_CONFIDENCE, PSEUDO_PER_CLASS, logits_of, pseudo_labels
     from wbc_edge.training.checkpoint import load_deployable
-    from wbc_edge.training.metrics import softmax
+    from wbc_edge.metrics import softmax
 
     model, meta = load_deployable(resolve_model(backend="torch"))
     from wbc_edge.decode import decode_images

@@ -15,8 +15,8 @@ import pytest
 from wbc_edge.errors import WbcEdgeError
 from wbc_edge.review_page.state import CSV_HEADER, ReviewError, ReviewSession, atomic_write, class_keys, csv_safe
 
-from .conftest import REPO
-from .review_page_support import FakeCamClassifier, classified, report_path  # noqa: F401
+from tests.conftest import REPO
+from tests.review_page_support import FakeCamClassifier, classified, report_path  # noqa: F401
 
 
 def rows_of(path) -> list[dict]:

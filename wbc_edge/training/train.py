@@ -28,12 +28,12 @@ from wbc_edge.preprocess import default_num_threads
 
 from .augment import AugmentConfig, augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
+from ..datasets import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
 from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
 
 from .deployable import DeployableModel, Normalize
 from .domain_guard import DEFAULT_STAGES, DomainGuard, fit_guard, stage_features
-from .metrics import classification_report, expected_calibration_error, softmax
+from ..metrics import classification_report, expected_calibration_error, softmax
 from .resnet import resnet18
 from .temperature import fit_temperature
 

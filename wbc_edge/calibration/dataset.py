@@ -94,7 +94,7 @@ def training_candidates(data: str | os.PathLike, manifest: str | os.PathLike | N
                         classes: Sequence[str]) -> list:
     """The images calibration may draw from: ``split=train`` rows of the manifest
     (not one whose content is also a test image), or a whole folder per class."""
-    from wbc_edge.training.data import read_samples
+    from wbc_edge.datasets import read_samples
 
     if manifest is None:
         samples = read_samples(data)
@@ -121,7 +121,7 @@ def load_calibration_set(data: str | os.PathLike, manifest: str | os.PathLike | 
                          progress: bool = True) -> CalibrationSet:
     """Draws, reads and preprocesses the calibration images for a model
     (``meta``'s input size and resize policy), with a progress bar."""
-    from wbc_edge.training.data import load_images
+    from wbc_edge.datasets import load_images
 
     candidates = training_candidates(data, manifest, meta.classes)
     picked = stratified_pick(candidates, num_images, seed)

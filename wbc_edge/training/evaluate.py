@@ -19,8 +19,8 @@ from wbc_edge.atomic import write_atomic
 from wbc_edge.backends.base import Runner
 from wbc_edge.domain_check import cell_verdict
 
-from .data import load_images, read_samples
-from .metrics import classification_report, expected_calibration_error, reliability, softmax
+from ..datasets import load_images, read_samples
+from ..metrics import classification_report, expected_calibration_error, reliability, softmax
 
 
 def predict_logits(runner: Runner, images: np.ndarray, batch_size: int = 64, progress: bool = True) -> np.ndarray:
@@ -35,7 +35,7 @@ def predict_logits(runner: Runner, images: np.ndarray, batch_size: int = 64, pro
 def evaluate(runner: Runner, data: str | os.PathLike, manifest: str | os.PathLike | None = None,
              split: str | None = None, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Metrics of ``runner``'s model on the labelled images (see
-    ``training.metrics.classification_report``), with calibrated (temperature-
+    ``metrics.classification_report``), with calibrated (temperature-
     scaled) probabilities, plus ``ece_uncalibrated``, ``errors`` and the
     reliability table."""
     meta = runner.metadata
@@ -61,7 +61,7 @@ def guard_summary(scores: np.ndarray | None, guard: dict | None, cell_found: np.
     """How much of this data the domain guard calls out of distribution:
     the share over its threshold, the share with no white cell found, and the
     score's quartiles. ``ood_scores`` keeps every finite score, for AUROC
-    between two evaluations (``training.metrics.auroc``)."""
+    between two evaluations (``metrics.auroc``)."""
     if guard is None or scores is None:
         return {"status": "unavailable"}
     scores = np.asarray(scores, dtype=np.float64)

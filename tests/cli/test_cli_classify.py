@@ -17,7 +17,7 @@ from wbc_edge import models
 from wbc_edge.backends import library_available
 from wbc_edge.cli import main
 
-from .conftest import REPO, SAMPLE_DIR, sample_rows
+from tests.conftest import REPO, SAMPLE_DIR, sample_rows
 
 EXAMPLES = REPO / "examples"
 

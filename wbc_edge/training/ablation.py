@@ -23,10 +23,10 @@ import torch
 
 from .augment import AugmentConfig
 from .checkpoint import load_checkpoint
-from .data import load_images, read_samples
+from ..datasets import load_images, read_samples
 from .deployable import Normalize
 from .domain_guard import fit_guard, stage_features
-from .metrics import auroc, classification_report, softmax
+from ..metrics import auroc, classification_report, softmax
 from .resnet import resnet18
 from .train import TrainConfig, net_logits, train
 

@@ -138,7 +138,7 @@ def test_groupnorm_checkpoints_load_back(tmp_path):
 
 
 def test_group_split_keeps_groups_together_and_is_stable(tmp_path):
-    from wbc_edge.training.data import group_split, read_manifest
+    from wbc_edge.datasets import group_split, read_manifest
 
     manifest = tmp_path / "manifest.csv"
     rows = ["path,label,group"] + [f"{c}/{g}_{i}.jpg,{c},{c}-{g}" for c in ("a", "b") for g in range(40) for i in range(3)]

@@ -25,7 +25,7 @@ from wbc_edge.errors import MetadataError, ModelMismatchError, WbcEdgeError
 from wbc_edge.export.build_engine import engine_metadata, onnx_metadata
 from wbc_edge.metadata import ModelMetadata
 
-MODELS = Path(__file__).resolve().parent.parent / "wbc_edge" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "wbc_edge" / "models"
 ONNX = MODELS / "default.fp32.onnx"
 
 needs_onnx = pytest.mark.skipif(not ONNX.is_file() or not ONNX.with_suffix(".json").is_file(),
