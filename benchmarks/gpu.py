@@ -35,8 +35,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class GpuBenchmark:
         measurement = Measurement(times_s=list(times), warmup_rounds=fields.pop("warmup_rounds", 1), **fields)
         self.measurements.append(measurement)
         row = measurement.to_dict()
-        print(f"  {row['stage']:<11} {row['name']:<58} batch {str(row['batch']):>4}  "
+        print(f"  {row['stage']:<11} {row['name']:<58} batch {row['batch']!s:>4}  "
               f"{row['images_per_s']:>10,.1f} images/s  p50 {row['latency_ms']['p50']:.2f} ms  "
               f"p99 {row['latency_ms']['p99']:.2f} ms", flush=True)
         return measurement
@@ -185,7 +186,7 @@ class GpuBenchmark:
         for batch in self.args.batches:
             limit = getattr(runner, "max_batch_size", None)
             images = tile(self.cells, batch)
-            call = lambda: runner.infer(images)  # noqa: E731 - returns numpy: the work is done
+            call = lambda images=images: runner.infer(images)  # noqa: E731 - returns numpy: the work is done
             for _ in range(3):  # first calls per shape: cuDNN autotuning, allocator growth
                 call()
             rounds = rounds_for(call, self.args.seconds, 10, 1000)
@@ -205,7 +206,7 @@ class GpuBenchmark:
                     for batch in [b for b in self.args.batches if b >= 32][-2:]:
                         images = tile(self.cells, batch)
                         concurrent_images_per_s(runner.infer, images, 2, 3)  # warm-up
-                        calls = max(3, rounds_for(lambda: runner.infer(images), self.args.seconds / 2, 3, 200) // 2)
+                        calls = max(3, rounds_for(lambda images=images: runner.infer(images), self.args.seconds / 2, 3, 200) // 2)
                         self.record(concurrent_images_per_s(runner.infer, images, 2, calls), stage="inference",
                                     name="torch backend fp16, 2 callers (overlapping batches)", backend="torch",
                                     precision=precision, batch=batch, threads=2, images_per_round=batch,
@@ -303,7 +304,7 @@ class GpuBenchmark:
         """Runs one part; a failure is recorded and the run goes on (it runs unattended)."""
         try:
             fn()
-        except Exception as error:  # noqa: BLE001 - any failure: say which part and why
+        except Exception as error:
             traceback.print_exc()
             self.notes.append(f"{what}: failed ({type(error).__name__}: {error})")
 

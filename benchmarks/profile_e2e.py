@@ -18,7 +18,8 @@ import io
 import pstats
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from benchmarks.workload import cell_images
 

@@ -22,8 +22,8 @@ ONNX model (:func:`load_prototype_model`), so both give the same labels.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

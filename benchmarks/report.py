@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks.machine import short_machine
 from benchmarks.results import STAGES, load_results, newest_results

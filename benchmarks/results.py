@@ -23,9 +23,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 SCHEMA = "wbc-edge-benchmarks/1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -34,7 +34,7 @@ def taps(in_size: int, in0: float, in1: float, out_size: int) -> list[tuple[int,
 def _pass(src: np.ndarray, axis_taps, axis: int) -> np.ndarray:
     """Resamples ``src`` (int arrays, rows x cols x 3) along ``axis``."""
     src = np.moveaxis(src.astype(np.int64), axis, 0)
-    out = np.empty((len(axis_taps),) + src.shape[1:], dtype=np.uint8)
+    out = np.empty((len(axis_taps), *src.shape[1:]), dtype=np.uint8)
     for i, (first, weights) in enumerate(axis_taps):
         acc = np.full(src.shape[1:], 1 << (PRECISION_BITS - 1), dtype=np.int64)
         for t, w in enumerate(weights):

@@ -230,7 +230,7 @@ def _split_top_level(text: str) -> list[str]:
             current = ""
         else:
             current += char
-    return [part.strip() for part in parts + [current] if part.strip()]
+    return [part.strip() for part in [*parts, current] if part.strip()]
 
 
 def pybind_signatures(function, name: str) -> list[Signature]:

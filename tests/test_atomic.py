@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from wbc_edge.atomic import OutputPathError, check_output, check_outputs, write_atomic
 from wbc_edge.cli import main
 from wbc_edge.metadata import ModelMetadata
-
-from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"
 

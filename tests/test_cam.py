@@ -62,7 +62,7 @@ def test_exported_model_carries_the_maps_and_the_classifier_gives_them_when_aske
         shipped_fp32_checkpoint, model_and_inputs, sample_dir, sample_paths, tmp_path):
     from wbc_edge.export.onnx_export import export_checkpoint
 
-    model, meta, _ = model_and_inputs
+    _model, meta, _ = model_and_inputs
     path = tmp_path / "cam.onnx"
     result = export_checkpoint(shipped_fp32_checkpoint, path, verify_images=sample_dir)
     assert result.metadata.cam == {"shape": list(meta.cam_shape), "layer": "layer4"}

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from wbc_edge import preprocess_batch
-
 from tests.reference_cell_box import find_cell
 from tests.reference_resize import resize_reference
+from wbc_edge import preprocess_batch
 
 
 def _boxes(images, size=(64, 64)):

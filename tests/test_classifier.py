@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import SAMPLE_DIR, sample_rows
 from wbc_edge import Classifier, Prediction, preprocess_batch
 from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
 from wbc_edge.decode import decode_image
 from wbc_edge.metrics import softmax
-
-from tests.conftest import SAMPLE_DIR, sample_rows
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,7 @@ def test_single_image_and_wrong_container(classifier, one_per_class):
 
 def test_order_is_preserved_across_batches_and_errors(classifier, test_split):
     paths = [str(p) for p in test_split[0][:20]]
-    inputs = paths + ["missing.jpg", b"not an image", b""]
+    inputs = [*paths, "missing.jpg", b"not an image", b""]
     random.Random(1).shuffle(inputs)
     with Classifier.load(batch_size=3) as small:
         got = small.predict_batch(inputs)
@@ -152,7 +151,7 @@ def test_order_is_preserved_across_batches_and_errors(classifier, test_split):
 
 def test_predict_stream_equals_predict_batch(classifier, test_split):
     paths = [str(p) for p in test_split[0][:40]]
-    inputs = paths[:10] + ["missing.png", b"\x89PNG\r\n\x1a\n broken"] + paths[10:]
+    inputs = [*paths[:10], "missing.png", b"\x89PNG\r\n\x1a\n broken", *paths[10:]]
     batch = classifier.predict_batch(inputs)
     stream = list(classifier.predict_stream(iter(inputs)))  # a one-pass iterator
     assert [p.to_dict() for p in stream] == [p.to_dict() for p in batch]

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import SAMPLE_DIR, sample_rows
 from wbc_edge import Classifier, ReviewPolicy, WbcEdgeError
 from wbc_edge.review import DEFAULT_THRESHOLD, parse_review_options
-
-from tests.conftest import SAMPLE_DIR, sample_rows
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 

@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import REPO, SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows
 from wbc_edge import Classifier
 from wbc_edge.cli import main
 from wbc_edge.decode import ImageReadError, decode_image
 from wbc_edge.errors import MetadataError
 from wbc_edge.metadata import ModelMetadata
-
-from tests.conftest import REPO, SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows
 
 EXAMPLES = REPO / "examples"
 CELL = sorted(EXAMPLES.glob("*.jpg"))[0]
@@ -56,7 +55,7 @@ def within(seconds, function, *args, **kwargs):
     def target():
         try:
             box["value"] = function(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001 - handed to the test
+        except BaseException as error:
             box["error"] = error
 
     thread = threading.Thread(target=target, daemon=True)
@@ -106,7 +105,7 @@ def test_classify_with_a_fifo_in_the_folder_and_named_ends(tmp_path):
     shutil.copy(CELL, folder / "a.jpg")
     os.mkfifo(folder / "x.jpg")
     os.mkfifo(tmp_path / "named.jpg")
-    code, out, err = cli("classify", folder, tmp_path / "named.jpg", "--out", tmp_path / "r.json", timeout=120)
+    code, _out, err = cli("classify", folder, tmp_path / "named.jpg", "--out", tmp_path / "r.json", timeout=120)
     assert code == 0, err
     images = {Path(e["path"]).name: e for e in json.loads((tmp_path / "r.json").read_text())["images"]}
     assert set(images) == {"a.jpg", "x.jpg", "named.jpg"}
@@ -333,7 +332,7 @@ def test_symlinks_and_hard_links_are_listed_and_counted_once(tmp_path):
     other = sorted(EXAMPLES.glob("*.jpg"))[1]
     shutil.copy(other, folder / "d.jpg")
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    code, out, err = cli("classify", folder, folder / "a.jpg", folder / "c_link.jpg", "--out", out_json, "--csv", out_csv)
+    code, _out, err = cli("classify", folder, folder / "a.jpg", folder / "c_link.jpg", "--out", out_json, "--csv", out_csv)
     assert code == 0, err
     report = json.loads(out_json.read_text())
     names = [Path(e["path"]).name for e in report["images"]]

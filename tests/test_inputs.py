@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc_edge import Classifier
-
 from tests.conftest import SAMPLE_DIR, sample_rows
+from wbc_edge import Classifier
 
 
 @pytest.fixture(scope="module")

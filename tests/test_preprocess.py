@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.reference_resize import center_crop_box, resize_reference
 from wbc_edge import preprocess_batch
 from wbc_edge.preprocess import normalization_table
-
-from tests.reference_resize import center_crop_box, resize_reference
 
 
 def pillow_resize(image: np.ndarray, size, box=None) -> np.ndarray:

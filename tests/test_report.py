@@ -10,16 +10,15 @@ from collections import Counter
 
 import pytest
 
+from tests.conftest import SAMPLE_DIR, sample_rows
 from wbc_edge import Classifier, Prediction
 from wbc_edge.report import build_report, differential, format_differential, format_images, write_csv, write_json
-
-from tests.conftest import SAMPLE_DIR, sample_rows
 
 
 @pytest.fixture(scope="module")
 def run():
     paths = [str(SAMPLE_DIR / r["path"]) for r in sample_rows("test")][::3]
-    inputs = paths[:10] + ["missing.jpg"] + paths[10:] + [b"junk"]
+    inputs = [*paths[:10], "missing.jpg", *paths[10:], b"junk"]
     with Classifier.load() as c:
         predictions = c.predict_batch(inputs)
         return inputs, predictions, c.describe(), c.review.to_dict()

@@ -8,18 +8,18 @@ from .preprocess import preprocess_batch
 
 __version__ = "0.1.0"
 
-from .classifier import Classifier  # noqa: E402  (after __version__, which reports read)
-from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError  # noqa: E402
-from .prediction import Prediction  # noqa: E402
-from .review import ReviewPolicy  # noqa: E402
+from .classifier import Classifier
+from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
+from .prediction import Prediction
+from .review import ReviewPolicy
 
 __all__ = [
     "Classifier",
+    "MissingDependencyError",
+    "ModelMismatchError",
     "Prediction",
     "ReviewPolicy",
     "WbcEdgeError",
-    "MissingDependencyError",
-    "ModelMismatchError",
-    "preprocess_batch",
     "__version__",
+    "preprocess_batch",
 ]

@@ -15,11 +15,13 @@ with its results lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Callable, Iterable, Mapping
+from typing import IO, Callable
 
 from .errors import WbcEdgeError
 from .files import describe_kind
@@ -167,10 +169,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | None = None, *,
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _sync_folder(folder)
     return path

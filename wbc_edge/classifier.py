@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,12 +31,12 @@ from PIL import Image
 from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner
 from .backends.base import Runner
 from .decode import MAX_PIXELS, ImageReadError, decode_images, describe_source, to_array
+from .domain_check import cell_verdict
 from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
 from .metadata import ModelMetadata
 from .models import resolve_model, shipped_models
 from .prediction import Prediction, calibrated_probabilities
 from .preprocess import default_num_threads, preprocess_batch
-from .domain_check import cell_verdict
 from .review import ReviewPolicy
 from .stream import DEFAULT_MAX_WAIT, read_ahead
 
@@ -124,7 +125,7 @@ class Classifier:
     def load(cls, model: str | os.PathLike | None = None, backend: str = "auto", precision: str | None = None,
              *, batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
              review: ReviewPolicy | Mapping[str, Any] | None = None, num_threads: int | None = None,
-             max_pixels: int | None = MAX_PIXELS, runner_options: Mapping[str, Any] | None = None) -> "Classifier":
+             max_pixels: int | None = MAX_PIXELS, runner_options: Mapping[str, Any] | None = None) -> Classifier:
         """Loads a model and returns a classifier for it.
 
         Args:
@@ -309,7 +310,7 @@ class Classifier:
             self._closed = True
             self.runner.close()
 
-    def __enter__(self) -> "Classifier":
+    def __enter__(self) -> Classifier:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -558,7 +559,7 @@ def _is_stack(images) -> bool:
 def _check_stack(stack: np.ndarray) -> None:
     if stack.dtype != np.uint8:
         raise TypeError(f"a stacked batch must be uint8 (n, h, w, 3), got dtype {stack.dtype}")
-    n, h, w, c = stack.shape
+    _n, h, w, c = stack.shape
     if c not in (1, 3, 4) or h < 1 or w < 1:
         raise ValueError(f"a stacked batch must have shape (n, h, w, 3) (or 1/4 channels), got {stack.shape}")
 

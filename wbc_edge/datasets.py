@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm

@@ -25,8 +25,9 @@ import io
 import os
 import stat
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

@@ -13,7 +13,8 @@ over the threshold at about the guard's nominal rate, a few percent).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .prediction import Prediction
 

@@ -140,9 +140,9 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
 def default_model_info() -> dict[str, Any] | None:
     """The shipped default model: classes, input size, the precisions shipped
     and their files; None when the install ships none."""
+    from .errors import WbcEdgeError
     from .metadata import ModelMetadata
     from .models import VARIANTS, default_precision, make_command, shipped_models
-    from .errors import WbcEdgeError
 
     shipped = shipped_models()
     if not shipped:

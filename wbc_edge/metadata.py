@@ -162,7 +162,7 @@ class ModelMetadata:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
         if not isinstance(data, dict):
             raise MetadataError(f"metadata must be a JSON object, got {type(data).__name__}")
         _check_depth(data)
@@ -182,7 +182,7 @@ class ModelMetadata:
         except (TypeError, ValueError) as error:
             raise MetadataError(f"invalid metadata: {error}") from None
 
-    def replace(self, **changes) -> "ModelMetadata":
+    def replace(self, **changes) -> ModelMetadata:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
@@ -195,7 +195,7 @@ class ModelMetadata:
         return write_atomic(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ModelMetadata":
+    def load(cls, path: str | os.PathLike) -> ModelMetadata:
         path = Path(path)
         try:
             if path.stat().st_size > MAX_METADATA_BYTES:
@@ -215,7 +215,7 @@ class ModelMetadata:
         except MetadataError as error:
             raise MetadataError(f"{path}: {error}") from None
 
-    def check_compatible(self, other: "ModelMetadata", what: str = "model") -> None:
+    def check_compatible(self, other: ModelMetadata, what: str = "model") -> None:
         """Refuses a model whose classes, input size, normalization or resize
         policy differ from ``other`` (for example an artifact and its sidecar)."""
         for name in ("classes", "input_size", "mean", "std", "resize_policy", "input_normalization"):

@@ -7,7 +7,8 @@ count in balanced accuracy, but predictions of it still count as errors.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def classification_report(y_true: np.ndarray, probabilities: np.ndarray,
         }
     recalls = [per_class[classes[i]]["recall"] for i in present]
     return {
-        "num_images": int(len(y_true)),
+        "num_images": len(y_true),
         "accuracy": float(tp.sum() / max(1, len(y_true))),
         "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "per_class": per_class,

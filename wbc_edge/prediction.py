@@ -69,7 +69,7 @@ class Prediction:
         }
 
     @classmethod
-    def failed(cls, path: str | None, error: str) -> "Prediction":
+    def failed(cls, path: str | None, error: str) -> Prediction:
         return cls(path=path, error=error)
 
 

@@ -9,7 +9,7 @@ defaults, allocates the output and builds the normalization table.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -137,10 +137,10 @@ def preprocess_batch(
             raise TypeError(f"out: dtype is {out.dtype}, expected {dtype}")
         if out.shape != shape:
             raise ValueError(f"out: shape is {out.shape}, expected {shape}")
-    if boxes is not None:
-        if not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.shape != (count, 5):
-            raise ValueError(f"boxes: expected a float32 array of shape ({count}, 5), got "
-                             f"{getattr(boxes, 'dtype', type(boxes).__name__)} {getattr(boxes, 'shape', '')}")
+    if boxes is not None and (not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32
+                              or boxes.shape != (count, 5)):
+        raise ValueError(f"boxes: expected a float32 array of shape ({count}, 5), got "
+                         f"{getattr(boxes, 'dtype', type(boxes).__name__)} {getattr(boxes, 'shape', '')}")
     _preprocess.preprocess(images, out, lut, policy, int(num_threads), boxes)
     return out
 

@@ -41,9 +41,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .prediction import Prediction
 

@@ -25,8 +25,9 @@ A model may carry its own defaults in its metadata
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import WbcEdgeError
 
@@ -62,7 +63,7 @@ class ReviewPolicy:
         object.__setattr__(self, "always_review", frozenset(str(c) for c in self.always_review))
 
     @classmethod
-    def default_for(cls, classes: Sequence[str], model_defaults: Mapping[str, Any] | None = None) -> "ReviewPolicy":
+    def default_for(cls, classes: Sequence[str], model_defaults: Mapping[str, Any] | None = None) -> ReviewPolicy:
         """The default policy for a model with these classes: the model's own
         defaults where its metadata has them, else the package's, keeping
         only always-review classes the model has."""
@@ -71,7 +72,7 @@ class ReviewPolicy:
         return cls(always_review=frozenset(c for c in DEFAULT_ALWAYS_REVIEW if c in classes))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ReviewPolicy":
+    def from_dict(cls, data: Mapping[str, Any]) -> ReviewPolicy:
         unknown = set(data) - {"threshold", "class_thresholds", "always_review"}
         if unknown:
             raise WbcEdgeError(f"review policy: unknown keys {sorted(unknown)}")
@@ -88,7 +89,7 @@ class ReviewPolicy:
             "always_review": sorted(self.always_review),
         }
 
-    def validate(self, classes: Sequence[str]) -> "ReviewPolicy":
+    def validate(self, classes: Sequence[str]) -> ReviewPolicy:
         """Refuses class names the model does not have (a typo would silently
         never trigger); returns self."""
         named = set(self.class_thresholds) | set(self.always_review)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 #: Seconds a partial group waits for more inputs before it is sent on.
 DEFAULT_MAX_WAIT = 0.1
@@ -67,7 +68,7 @@ def read_ahead(read: Callable[[list], T], source: Iterator, size: int, prefetch:
                 if not put(items, item):
                     return
             put(items, _END)
-        except BaseException as error:  # noqa: BLE001 - re-raised by the consumer
+        except BaseException as error:
             put(items, _Failed(error))
 
     def group() -> None:  # items -> groups being read, in order
@@ -79,7 +80,7 @@ def read_ahead(read: Callable[[list], T], source: Iterator, size: int, prefetch:
                     if stop.is_set():
                         return
                 first = _get(items, stop, None)
-                if first is _END or isinstance(first, _Failed) or first is None and stop.is_set():
+                if first is _END or isinstance(first, _Failed) or (first is None and stop.is_set()):
                     ended = first
                     break
                 batch = [first]
@@ -95,7 +96,7 @@ def read_ahead(read: Callable[[list], T], source: Iterator, size: int, prefetch:
                 put(started, pool.submit(read, batch))
             if ended is not None:
                 put(started, ended)
-        except BaseException as error:  # noqa: BLE001 - a failure here must not hang the consumer
+        except BaseException as error:
             put(started, _Failed(error))
 
     threads = [threading.Thread(target=pull, name="wbc-stream-source", daemon=True),

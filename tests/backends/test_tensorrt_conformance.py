@@ -17,9 +17,23 @@ import inspect
 
 import pytest
 
-from tests.tensorrt_api_usage import (BUILD_FILES, BUILD_RECEIVERS, CUDA_FILES, CUDA_STRUCT_RECEIVERS, RUNTIME_FILES,
-                                      RUNTIME_RECEIVERS, Call, cuda_runtime_calls, cuda_runtime_usage, cuda_struct_reads,
-                                      cython_signature, documented_returns, pybind_signatures, resolve, tensorrt_usage)
+from tests.tensorrt_api_usage import (
+    BUILD_FILES,
+    BUILD_RECEIVERS,
+    CUDA_FILES,
+    CUDA_STRUCT_RECEIVERS,
+    RUNTIME_FILES,
+    RUNTIME_RECEIVERS,
+    Call,
+    cuda_runtime_calls,
+    cuda_runtime_usage,
+    cuda_struct_reads,
+    cython_signature,
+    documented_returns,
+    pybind_signatures,
+    resolve,
+    tensorrt_usage,
+)
 from wbc_edge.backends.tensorrt import TENSORRT_10_FALLBACKS
 from wbc_edge.backends.tensorrt_compat import HARDWARE_LEVELS
 
@@ -70,7 +84,7 @@ def test_runtime_methods_exist_in_lean_bindings(lean, lean_major, runtime_usage)
 
 def test_tensorrt_10_fallbacks_are_used_and_gone_from_11(lean, lean_major, runtime_usage):
     used = {f"{cls}.{name}" for cls, name in runtime_usage.members}
-    assert TENSORRT_10_FALLBACKS <= used, "a declared TensorRT 10 fallback is no longer used: drop it"
+    assert used >= TENSORRT_10_FALLBACKS, "a declared TensorRT 10 fallback is no longer used: drop it"
     if lean_major >= 11:
         still_there = [name for name in TENSORRT_10_FALLBACKS if resolve(lean, tuple(name.split(".")))]
         assert not still_there, f"{still_there} still exist in TensorRT {lean.__version__}: not fallbacks"

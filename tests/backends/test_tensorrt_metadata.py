@@ -18,9 +18,16 @@ from pathlib import Path
 import pytest
 
 from wbc_edge.backends.tensorrt import load_engine_metadata
-from wbc_edge.backends.tensorrt_compat import (EngineRecord, RuntimeFacts, check_driver, check_engine,
-                                               check_plan_digest, parse_compute_capability, parse_version,
-                                               tensorrt_cuda_major)
+from wbc_edge.backends.tensorrt_compat import (
+    EngineRecord,
+    RuntimeFacts,
+    check_driver,
+    check_engine,
+    check_plan_digest,
+    parse_compute_capability,
+    parse_version,
+    tensorrt_cuda_major,
+)
 from wbc_edge.errors import MetadataError, ModelMismatchError, WbcEdgeError
 from wbc_edge.export.build_engine import engine_metadata, onnx_metadata
 from wbc_edge.metadata import ModelMetadata

@@ -25,16 +25,15 @@ import pytest
 pytest.importorskip("torch", reason="the test model is exported with PyTorch (pip install 'wbc-edge[export]')")
 onnx = pytest.importorskip("onnx", reason="calibration needs onnx (pip install 'wbc-edge[quantize]')")
 
+from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows  # noqa: E402
+from tests.export.test_export import MODELS, export_fixture, sample_batch  # noqa: E402
 from wbc_edge.calibration import graph_prep  # noqa: E402
 from wbc_edge.calibration.calibrate import calibrate, record_path_for  # noqa: E402
 from wbc_edge.calibration.dataset import CalibrationDataError, load_calibration_set, stratified_pick  # noqa: E402
 from wbc_edge.cli import main  # noqa: E402
+from wbc_edge.datasets import Sample  # noqa: E402
 from wbc_edge.errors import WbcEdgeError  # noqa: E402
 from wbc_edge.metadata import ModelMetadata, sha256_of, sidecar_path  # noqa: E402
-from wbc_edge.datasets import Sample  # noqa: E402
-
-from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows  # noqa: E402
-from tests.export.test_export import MODELS, export_fixture, sample_batch  # noqa: E402
 
 needs_modelopt = pytest.mark.skipif(
     __import__("importlib").util.find_spec("modelopt") is None,

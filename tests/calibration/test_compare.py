@@ -12,13 +12,12 @@ import pytest
 pytest.importorskip("torch", reason="the test models come from PyTorch (pip install 'wbc-edge[export]')")
 onnx = pytest.importorskip("onnx", reason="pip install 'wbc-edge[export]'")
 
+from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows  # noqa: E402
+from tests.export.test_export import CLASSES, export_fixture  # noqa: E402
 from wbc_edge.calibration.compare import check_targets, parity_report  # noqa: E402
 from wbc_edge.cli import main  # noqa: E402
 from wbc_edge.metadata import ModelMetadata, sidecar_path  # noqa: E402
 from wbc_edge.metrics import softmax  # noqa: E402
-
-from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows  # noqa: E402
-from tests.export.test_export import CLASSES, export_fixture  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, SAMPLE_DIR, sample_rows
 from wbc_edge import models
 from wbc_edge.backends import library_available
 from wbc_edge.cli import main
-
-from tests.conftest import REPO, SAMPLE_DIR, sample_rows
 
 EXAMPLES = REPO / "examples"
 
@@ -68,7 +67,7 @@ def test_folders_and_files_each_input_once(capsys, tmp_path, mixed_folder):
     note = root / "notes.txt"
     missing = tmp_path / "no-such-cell.jpg"
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    code, out, err = classify(capsys, root, note, placed[0], missing, root / "empty", "--out", out_json,
+    code, _out, err = classify(capsys, root, note, placed[0], missing, root / "empty", "--out", out_json,
                               "--csv", out_csv, "--batch-size", "4")
     assert code == 0
     report = json.loads(out_json.read_text())
@@ -98,7 +97,7 @@ def test_review_options(capsys, tmp_path):
     code, *_ = classify(capsys, EXAMPLES, "--out", out_json, "--review-threshold", "0",
                         "--always-review", ",".join(classes))
     assert json.loads(out_json.read_text())["differential"]["flagged_for_review"] == 16
-    code, out, err = classify(capsys, EXAMPLES, "--always-review", "blasts")
+    code, _out, err = classify(capsys, EXAMPLES, "--always-review", "blasts")
     assert code == 2 and "blasts" in err
 
 
@@ -108,7 +107,7 @@ def test_many_inputs_print_the_table_and_the_errors(capsys, tmp_path):
     for r in sample_rows("test")[:24]:
         shutil.copy(SAMPLE_DIR / r["path"], folder)
     (folder / "zz_broken.jpg").write_bytes(b"")
-    code, out, err = classify(capsys, folder)
+    code, out, _err = classify(capsys, folder)
     assert code == 0
     assert "zz_broken.jpg: empty file" in out
     assert "conf" not in out  # no per-image listing above the auto limit
@@ -117,15 +116,15 @@ def test_many_inputs_print_the_table_and_the_errors(capsys, tmp_path):
 def test_nothing_to_run_exits_2(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = classify(capsys, empty)
+    code, _out, err = classify(capsys, empty)
     assert code == 2 and "no image files found" in err
-    code, out, err = classify(capsys, EXAMPLES, "--model", tmp_path / "missing.onnx")
+    code, _out, err = classify(capsys, EXAMPLES, "--model", tmp_path / "missing.onnx")
     assert code == 2 and "not found" in err
-    code, out, err = classify(capsys, EXAMPLES, "--batch-size", "0")
+    code, _out, err = classify(capsys, EXAMPLES, "--batch-size", "0")
     assert code == 2 and "--batch-size" in err
-    code, out, err = classify(capsys, EXAMPLES, "--out", tmp_path / "no" / "dir" / "r.json")
+    code, _out, err = classify(capsys, EXAMPLES, "--out", tmp_path / "no" / "dir" / "r.json")
     assert code == 2 and "does not exist" in err
-    code, out, err = classify(capsys, EXAMPLES, "--backend", "torch", "--precision", "int8")
+    code, _out, err = classify(capsys, EXAMPLES, "--backend", "torch", "--precision", "int8")
     assert code == 2 and "INT8 runs on onnxruntime" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["classify", str(EXAMPLES), "--precision", "fp8"])
@@ -133,7 +132,7 @@ def test_nothing_to_run_exits_2(capsys, tmp_path):
 
 
 def test_tensorrt_without_an_engine_exits_2_saying_what_to_do(capsys):
-    code, out, err = classify(capsys, EXAMPLES, "--backend", "tensorrt")
+    code, _out, err = classify(capsys, EXAMPLES, "--backend", "tensorrt")
     assert code == 2
     if library_available("tensorrt"):  # installed: an engine must be built for this GPU first
         assert "wbc-edge build-engine --onnx" in err
@@ -146,7 +145,7 @@ def test_precision_not_shipped_names_the_command(capsys):
                if models.variant_for(p, "onnxruntime") not in models.shipped_models()]
     if not missing:
         pytest.skip("every precision is shipped in this install")
-    code, out, err = classify(capsys, EXAMPLES, "--precision", missing[0])
+    code, _out, err = classify(capsys, EXAMPLES, "--precision", missing[0])
     assert code == 2 and ("wbc-edge calibrate" in err or "wbc-edge export" in err)
 
 
@@ -163,12 +162,12 @@ def test_console_script_runs_on_the_examples(tmp_path):
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                     reason="runs as root here, and root lists folders whatever their permissions")
 def test_unreadable_subfolder_is_reported(capsys, tmp_path, mixed_folder):
-    root, placed, broken = mixed_folder
+    root, _placed, _broken = mixed_folder
     locked = root / "day1"
     out_json = tmp_path / "r.json"
     locked.chmod(0)
     try:
-        code, out, err = classify(capsys, root, "--out", out_json)
+        code, _out, _err = classify(capsys, root, "--out", out_json)
     finally:
         locked.chmod(0o755)
     assert code == 0

@@ -18,13 +18,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="export needs PyTorch (pip install 'wbc-edge[export]')")
 onnx = pytest.importorskip("onnx", reason="export needs onnx (pip install 'wbc-edge[export]')")
 
+from tests.conftest import REPO, SAMPLE_DIR, sample_rows  # noqa: E402
 from wbc_edge.cli import main  # noqa: E402
 from wbc_edge.export import weight_storage  # noqa: E402
 from wbc_edge.export.onnx_export import export_checkpoint  # noqa: E402
 from wbc_edge.export.verify import ParityError, check_parity  # noqa: E402
 from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata, sha256_of, sidecar_path  # noqa: E402
-
-from tests.conftest import REPO, SAMPLE_DIR, sample_rows  # noqa: E402
 
 MODELS = REPO / "wbc_edge" / "models"
 SHIPPED_FP32 = MODELS / "default.fp32.onnx"

@@ -9,13 +9,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.review_page_support import (EXAMPLES, WBC_EDGE, FakeCamClassifier, classified, report_path,  # noqa: F401
-                                  running, start)
+from tests.review_page.support import EXAMPLES, WBC_EDGE, FakeCamClassifier, start
 
 SECRET = b"TOP-SECRET-not-a-cell-7f3a"
 
@@ -96,7 +94,7 @@ def test_a_listed_image_swapped_for_a_symlink_to_elsewhere_is_refused(running, s
 
 
 def test_a_report_that_lists_a_non_image_or_a_symlink_out_serves_no_secret(classified, tmp_path):
-    cells, report = classified
+    _cells, report = classified
     secret = tmp_path / "secret.txt"
     secret.write_bytes(SECRET)
     os.symlink(secret, tmp_path / "cell.jpg")
@@ -264,10 +262,10 @@ def test_cli_prints_the_url_serves_it_and_stops_on_ctrl_c(report_path):
 def test_cli_warns_when_listening_beyond_this_machine(report_path):
     proc = _cli([str(report_path), "--no-browser", "--port", "0", "--host", "0.0.0.0"])
     try:
-        url, _ = _wait_for_url(proc)
+        _url, _ = _wait_for_url(proc)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     assert "warning: listening on 0.0.0.0" in err
 
 
@@ -366,8 +364,6 @@ def test_cam_with_a_model_exported_with_maps(shipped_fp32_checkpoint, classified
 
     from wbc_edge import Classifier
     from wbc_edge.export.onnx_export import export_checkpoint
-
-    from tests.review_page_support import classify
 
     if "cam" not in inspect.signature(export_checkpoint).parameters:
         pytest.skip("this checkout's export does not make class activation maps yet")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.review_page_support import FakeCamClassifier, classified, need, report_path, start  # noqa: F401
+from tests.review_page.support import FakeCamClassifier, need, start
 
 pytestmark = pytest.mark.browser
 

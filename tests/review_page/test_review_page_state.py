@@ -12,11 +12,10 @@ import os
 
 import pytest
 
+from tests.conftest import REPO
+from tests.review_page.support import FakeCamClassifier
 from wbc_edge.errors import WbcEdgeError
 from wbc_edge.review_page.state import CSV_HEADER, ReviewError, ReviewSession, atomic_write, class_keys, csv_safe
-
-from tests.conftest import REPO
-from tests.review_page_support import FakeCamClassifier, classified, report_path  # noqa: F401
 
 
 def rows_of(path) -> list[dict]:
@@ -135,7 +134,7 @@ def test_csv_fields_are_neutralised(text, expected):
 
 
 def test_a_path_that_looks_like_a_formula_is_neutralised(classified, tmp_path, monkeypatch):
-    cells, report = classified
+    _cells, report = classified
     monkeypatch.chdir(tmp_path)
     name = "=cmd.jpg"
     (tmp_path / name).write_bytes(open(report["images"][0]["path"], "rb").read())
@@ -274,8 +273,13 @@ def test_the_page_ships_as_package_data():
     tree = ast.parse((REPO / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
     kw = {k.arg: k.value for k in call.keywords}
-    packages = [e.value for e in kw["packages"].elts if isinstance(e, ast.Constant)]
-    assert "wbc_edge.review_page" in packages
+    # setup.py lists its packages with find_packages(include=[...]): run that call here
+    from setuptools import find_packages
+
+    finder = kw["packages"]
+    assert getattr(finder.func, "id", "") == "find_packages"
+    include = ast.literal_eval(next(k.value for k in finder.keywords if k.arg == "include"))
+    assert "wbc_edge.review_page" in find_packages(where=str(REPO), include=include)
     data = ast.literal_eval(kw["package_data"])
     import fnmatch
 

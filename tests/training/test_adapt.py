@@ -14,12 +14,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is needed (pip install 'wbc-edge[train]')")
 pytest.importorskip("onnx", reason="the onnx package is needed (pip install 'wbc-edge[export]')")
 
+from tests.conftest import sample_rows  # noqa: E402
 from wbc_edge import Classifier  # noqa: E402
 from wbc_edge.cli import main  # noqa: E402
 from wbc_edge.models import resolve_model, shipped_models  # noqa: E402
 from wbc_edge.training.adapt import AdaptConfig, AdaptError, adapt, reference_samples  # noqa: E402
-
-from tests.conftest import sample_rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif("fp32" not in shipped_models(), reason="the shipped FP32 model is not in this checkout")
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.skipif("fp32" not in shipped_models(), reason="the ship
 def folder_per_class(root: Path, sample_dir: Path, per_class: int, classes=None, split="train") -> Path:
     counts: dict[str, int] = {}
     for row in sample_rows(split):
-        if classes and row["label"] not in classes or counts.get(row["label"], 0) >= per_class:
+        if (classes and row["label"] not in classes) or counts.get(row["label"], 0) >= per_class:
             continue
         counts[row["label"]] = counts.get(row["label"], 0) + 1
         (root / row["label"]).mkdir(parents=True, exist_ok=True)
@@ -106,10 +105,10 @@ def test_adapting_to_corrections_writes_a_model_directory_every_command_takes(tm
 def test_pseudo_labels_are_confident_and_capped_per_class(sample_paths):
     import numpy as np
 
+    from wbc_edge.metrics import softmax
     from wbc_edge.preprocess import preprocess_batch
     from wbc_edge.training.adapt import PSEUDO_CONFIDENCE, PSEUDO_PER_CLASS, logits_of, pseudo_labels
     from wbc_edge.training.checkpoint import load_deployable
-    from wbc_edge.metrics import softmax
 
     model, meta = load_deployable(resolve_model(backend="torch"))
     from wbc_edge.decode import decode_images

@@ -11,12 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is needed (pip install 'wbc-edge[train]')")
 
+from tests.test_cell_center import no_cell_images  # noqa: E402
 from wbc_edge.domain_check import NO_CELL_REASON, cell_verdict, domain_check  # noqa: E402
+from wbc_edge.metrics import auroc  # noqa: E402
 from wbc_edge.prediction import Prediction  # noqa: E402
 from wbc_edge.training.domain_guard import DomainGuard, fit_guard  # noqa: E402
-from wbc_edge.metrics import auroc  # noqa: E402
-
-from tests.test_cell_center import no_cell_images  # noqa: E402
 
 
 def test_graph_score_equals_the_numpy_score_and_separates_shifted_features():

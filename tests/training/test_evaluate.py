@@ -12,10 +12,10 @@ import pytest
 
 from wbc_edge.backends import load_runner
 from wbc_edge.cli import main
-from wbc_edge.models import resolve_model
 from wbc_edge.datasets import load_images, read_samples
-from wbc_edge.training.evaluate import evaluate
 from wbc_edge.metrics import softmax
+from wbc_edge.models import resolve_model
+from wbc_edge.training.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")

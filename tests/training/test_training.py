@@ -32,7 +32,7 @@ def test_two_epochs_write_checkpoints_history_and_temperature(sample_dir, sample
     last = load_checkpoint(tmp_path / "last.pt")
     assert {"model", "optimizer", "scheduler", "epoch", "meta", "rng", "history", "config"} <= set(last)
     assert last["epoch"] == 2
-    model, meta = load_model(tmp_path / "best.pt")
+    _model, meta = load_model(tmp_path / "best.pt")
     assert meta.classes == sorted(meta.classes) and len(meta.classes) == 8
     assert meta.input_size == (32, 32)
     assert meta.temperature == summary["temperature"] > 0

@@ -192,7 +192,7 @@ class DeviceBuffer:
             check(cudart().cudaFree(ptr), "cudaFree")
 
 
-def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, nbytes: int, stream: "Stream") -> None:
+def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, nbytes: int, stream: Stream) -> None:
     """Asynchronous host -> device copy of the first ``nbytes`` on ``stream``."""
     _check_size(nbytes, dst, src)
     rt = cudart()
@@ -200,7 +200,7 @@ def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, nbytes: int, stream: "S
           "cudaMemcpyAsync (host to device)")
 
 
-def copy_to_host(dst: PinnedBuffer, src: DeviceBuffer, nbytes: int, stream: "Stream") -> None:
+def copy_to_host(dst: PinnedBuffer, src: DeviceBuffer, nbytes: int, stream: Stream) -> None:
     """Asynchronous device -> host copy of the first ``nbytes`` on ``stream``."""
     _check_size(nbytes, dst, src)
     rt = cudart()
@@ -278,7 +278,7 @@ class GraphCapture:
         self.stream = stream
         self.graph: CudaGraph | None = None
 
-    def __enter__(self) -> "GraphCapture":
+    def __enter__(self) -> GraphCapture:
         rt = cudart()
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check(rt.cudaStreamBeginCapture(self.stream.handle, mode), "cudaStreamBeginCapture")

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Batch:
     """A reserved slot for ``count`` items. Fill ``inputs`` (pinned memory,
     valid until the batch is collected or released), then submit it."""
 
-    __slots__ = ("slot", "count", "inputs", "state", "owner")
+    __slots__ = ("count", "inputs", "owner", "slot", "state")
 
     def __init__(self, slot: Slot, count: int):
         self.slot = slot

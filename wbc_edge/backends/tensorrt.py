@@ -23,12 +23,14 @@ size, out=batch.inputs)``, ``runner.submit(batch)``, ``runner.collect(batch)``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -37,8 +39,16 @@ from ..metadata import ModelMetadata, sidecar_path
 from . import cuda
 from .base import Runner
 from .cuda_pipeline import Batch, BatchPipeline, Slot
-from .tensorrt_compat import (INSTALL_LEAN, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord, RuntimeFacts, check_driver_for,
-                              check_engine, check_plan_digest)
+from .tensorrt_compat import (
+    INSTALL_LEAN,
+    INSTALL_TENSORRT,
+    NEEDS_GPU,
+    EngineRecord,
+    RuntimeFacts,
+    check_driver_for,
+    check_engine,
+    check_plan_digest,
+)
 
 RUNTIMES = ("auto", "full", "lean")
 
@@ -429,10 +439,8 @@ class TensorRTRunner(Runner):
 
     def __del__(self):
         # A forgotten close() must not leak GPU memory for the life of the process.
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def describe(self) -> dict:
         record = self.record

@@ -88,7 +88,7 @@ class EngineRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineRecord":
+    def from_dict(cls, data: dict[str, Any]) -> EngineRecord:
         if not isinstance(data, dict):
             raise MetadataError("the 'tensorrt' entry must be an object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -109,7 +109,7 @@ class EngineRecord:
             raise MetadataError(f"invalid 'tensorrt' entry: {error}") from None
 
     @classmethod
-    def of(cls, meta: ModelMetadata, where: str = "engine") -> "EngineRecord":
+    def of(cls, meta: ModelMetadata, where: str = "engine") -> EngineRecord:
         """The record of an engine's metadata; MetadataError if it is not an engine's."""
         if meta.format != "engine":
             raise MetadataError(f"{where}: metadata is for a {meta.format!r} artifact, not an engine "

@@ -127,7 +127,7 @@ class TorchRunner(Runner):
 
     # --- the batch protocol (CUDA) ---------------------------------------------
 
-    def _reserve(self, count: int, timeout: float | None = None) -> "TorchBatch":
+    def _reserve(self, count: int, timeout: float | None = None) -> TorchBatch:
         """A free slot's pinned input for ``count`` images; waits up to
         ``timeout`` seconds (None: as long as it takes; 0: not at all) while
         every slot is in flight, then raises TimeoutError."""
@@ -153,7 +153,7 @@ class TorchRunner(Runner):
             self._give_back(slot, me)
             raise
 
-    def _submit(self, batch: "TorchBatch") -> None:
+    def _submit(self, batch: TorchBatch) -> None:
         """Queues upload, forward and download on the batch's stream; returns at once."""
         torch = self._torch
         _expect(batch, "reserved")
@@ -171,7 +171,7 @@ class TorchRunner(Runner):
             raise
         batch.state = "submitted"
 
-    def _collect(self, batch: "TorchBatch") -> np.ndarray:
+    def _collect(self, batch: TorchBatch) -> np.ndarray:
         """Waits for a submitted batch: float32 logits ``(count, classes)``."""
         _expect(batch, "submitted")
         try:
@@ -180,7 +180,7 @@ class TorchRunner(Runner):
         finally:
             self._release(batch)
 
-    def _release(self, batch: "TorchBatch") -> None:
+    def _release(self, batch: TorchBatch) -> None:
         """Gives a batch's slot back (after its queued work, if any, is done)."""
         if batch.state == "free":
             return
@@ -192,7 +192,7 @@ class TorchRunner(Runner):
         batch.state = "free"
         self._give_back(batch.slot, batch.owner)
 
-    def _give_back(self, slot: "_Slot", owner: int) -> None:
+    def _give_back(self, slot: _Slot, owner: int) -> None:
         with self._owners_lock:
             self._owners[owner] -= 1
             if not self._owners[owner]:
@@ -225,9 +225,9 @@ class TorchBatch:
     """A reserved slot for ``count`` images: fill ``inputs`` (pinned uint8
     ``(count, H, W, 3)``, valid until collected or released), then submit."""
 
-    __slots__ = ("slot", "count", "inputs", "state", "owner")
+    __slots__ = ("count", "inputs", "owner", "slot", "state")
 
-    def __init__(self, slot: "_Slot", count: int, owner: int):
+    def __init__(self, slot: _Slot, count: int, owner: int):
         slot.ensure(count)
         self.slot = slot
         self.count = count

@@ -15,9 +15,9 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from wbc_edge.atomic import check_output, write_atomic
 from wbc_edge.errors import WbcEdgeError

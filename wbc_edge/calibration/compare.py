@@ -9,8 +9,8 @@ metadata's temperature, as deployed.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -57,9 +57,9 @@ def parity_report(logits_a: np.ndarray, logits_b: np.ndarray, labels: np.ndarray
     }
     delta = np.abs(probs_a.astype(np.float64) - probs_b)
     return {
-        "num_images": int(len(labels)),
+        "num_images": len(labels),
         "top1_agreement": float(1.0 - len(differ) / max(1, len(labels))),
-        "num_disagreements": int(len(differ)),
+        "num_disagreements": len(differ),
         "a": _summary(report_a),
         "b": _summary(report_b),
         "accuracy_change": report_b["accuracy"] - report_a["accuracy"],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class CalibrationSet:
                 return os.path.relpath(path, root)
             except ValueError:  # another drive
                 return path
-        return [{"path": shown(p), "label": l, "sha256": s} for p, l, s in zip(self.paths, self.labels, self.sha256)]
+        return [{"path": shown(p), "label": label, "sha256": s}
+                for p, label, s in zip(self.paths, self.labels, self.sha256)]
 
 
 def stratified_pick(samples: Sequence, num_images: int, seed: int = DEFAULT_SEED) -> list:

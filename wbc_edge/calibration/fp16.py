@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 MAX_REFERENCE_IMAGES = 64
 
 
-def convert_fp16(model: "onnx.ModelProto", images: np.ndarray) -> "onnx.ModelProto":
+def convert_fp16(model: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
     """``model`` (float32) converted to float16 by AutoCast, with the float32
     fallbacks it finds running ``images`` (uint8 [N, H, W, 3]; at most
     MAX_REFERENCE_IMAGES are used, spread over the set)."""
@@ -61,7 +61,7 @@ def convert_fp16(model: "onnx.ModelProto", images: np.ndarray) -> "onnx.ModelPro
         )
 
 
-def fp32_nodes(model: "onnx.ModelProto") -> list[str]:
+def fp32_nodes(model: onnx.ModelProto) -> list[str]:
     """Compute nodes left in float32 in a converted model (their float inputs
     come through a Cast to float32, or they consume float32 initializers)."""
     import onnx

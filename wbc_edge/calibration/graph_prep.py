@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 END_LAYERS = ("first-conv", "classifier")
 
 
-def fold_for_quantization(model: "onnx.ModelProto") -> "onnx.ModelProto":
+def fold_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with float32 weights and BatchNorm folded into the
     convolutions (ONNX Runtime's ``quant_pre_process``), standard ops only."""
     import copy
@@ -50,7 +50,7 @@ def fold_for_quantization(model: "onnx.ModelProto") -> "onnx.ModelProto":
     return result
 
 
-def remove_unused_opsets(model: "onnx.ModelProto", keep: tuple[str, ...] = ()) -> None:
+def remove_unused_opsets(model: onnx.ModelProto, keep: tuple[str, ...] = ()) -> None:
     """Drops opset imports of domains no node uses (ORT's optimizer declares a
     dozen of its own). Domains in ``keep`` stay: ONNX Runtime fuses Q/DQ into
     its integer kernels only in models that import ``com.microsoft`` (measured:
@@ -65,14 +65,14 @@ def remove_unused_opsets(model: "onnx.ModelProto", keep: tuple[str, ...] = ()) -
 GUARD_SCOPE, CAM_SCOPE = "/guard/", "/cam/"
 
 
-def float_output_nodes(model: "onnx.ModelProto") -> list[str]:
+def float_output_nodes(model: onnx.ModelProto) -> list[str]:
     """The extra outputs' nodes, always kept in float: the domain guard's
     distances compare against a threshold fitted in float32, and the
     activation maps are an explanation, not worth a quantization error."""
     return [n.name for n in model.graph.node if n.name.startswith((GUARD_SCOPE, CAM_SCOPE))]
 
 
-def end_layers(model: "onnx.ModelProto") -> dict[str, str]:
+def end_layers(model: onnx.ModelProto) -> dict[str, str]:
     """Node names of the first convolution (on the normalized image) and the
     classifier (the last Gemm/MatMul outside the domain guard), found by graph structure."""
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -83,7 +83,7 @@ def end_layers(model: "onnx.ModelProto") -> dict[str, str]:
     return {"first-conv": convs[0].name, "classifier": heads[-1].name}
 
 
-def excluded_nodes(model: "onnx.ModelProto", keep_float: list[str] | tuple[str, ...]) -> list[str]:
+def excluded_nodes(model: onnx.ModelProto, keep_float: list[str] | tuple[str, ...]) -> list[str]:
     """The node names behind ``keep_float`` (a subset of END_LAYERS), and the
     domain guard's and activation maps' nodes where the model has them."""
     unknown = sorted(set(keep_float) - set(END_LAYERS))
@@ -93,13 +93,13 @@ def excluded_nodes(model: "onnx.ModelProto", keep_float: list[str] | tuple[str, 
     return [names[k] for k in END_LAYERS if k in keep_float] + float_output_nodes(model)
 
 
-def _initializers(model: "onnx.ModelProto") -> dict:
+def _initializers(model: onnx.ModelProto) -> dict:
     from onnx import numpy_helper
 
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
-def quantizers(model: "onnx.ModelProto") -> list[dict]:
+def quantizers(model: onnx.ModelProto) -> list[dict]:
     """Every QuantizeLinear/DequantizeLinear of a Q/DQ model: what it quantizes
     (an activation or a weight), its scale(s), zero point(s) and integer type."""
     values = _initializers(model)
@@ -123,7 +123,7 @@ def quantizers(model: "onnx.ModelProto") -> list[dict]:
     return found
 
 
-def activation_ranges(model: "onnx.ModelProto") -> dict[str, list[float]]:
+def activation_ranges(model: onnx.ModelProto) -> dict[str, list[float]]:
     """The real-valued range each activation quantizer represents,
     ``[(qmin - zp) x scale, (qmax - zp) x scale]``, by tensor name."""
     ranges = {}
@@ -139,7 +139,7 @@ def activation_ranges(model: "onnx.ModelProto") -> dict[str, list[float]]:
     return ranges
 
 
-def qdq_summary(model: "onnx.ModelProto") -> dict:
+def qdq_summary(model: onnx.ModelProto) -> dict:
     """Counts for the calibration record and tests: activation/weight quantizers,
     integer types, per-channel weights, and whether every zero point is 0."""
     qs = quantizers(model)

@@ -19,8 +19,9 @@ overflow on CPUs without VNNI, and costs accuracy on those that have it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -70,8 +71,8 @@ def _reader(name: str, images: np.ndarray, batch: int):
     return BatchReader()
 
 
-def quantize_int8_cpu(model: "onnx.ModelProto", images: np.ndarray, method: str = "percentile",
-                      exclude_nodes: Sequence[str] = ()) -> "onnx.ModelProto":
+def quantize_int8_cpu(model: onnx.ModelProto, images: np.ndarray, method: str = "percentile",
+                      exclude_nodes: Sequence[str] = ()) -> onnx.ModelProto:
     """``model`` (float32, BatchNorm folded: see ``graph_prep.fold_for_quantization``)
     quantized by ONNX Runtime to QDQ with uint8 activations and int8
     per-channel weights, calibrated on ``images`` (uint8 [N, H, W, 3])."""

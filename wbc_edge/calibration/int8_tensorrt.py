@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,8 +41,8 @@ def modelopt_version() -> str:
     return require("modelopt", "NVIDIA ModelOpt", INSTALL).__version__
 
 
-def quantize_int8_tensorrt(model: "onnx.ModelProto", images: np.ndarray, method: str = "max",
-                           exclude_nodes: Sequence[str] = (), high_precision: str = "fp32") -> "onnx.ModelProto":
+def quantize_int8_tensorrt(model: onnx.ModelProto, images: np.ndarray, method: str = "max",
+                           exclude_nodes: Sequence[str] = (), high_precision: str = "fp32") -> onnx.ModelProto:
     """``model`` (float32, BatchNorm folded: see ``graph_prep.fold_for_quantization``)
     quantized to INT8 Q/DQ with ModelOpt, calibrated on ``images`` (uint8
     [N, H, W, 3], the model's input). ``exclude_nodes`` stay in float.

@@ -85,8 +85,15 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import check_outputs
     from ..classifier import Classifier
     from ..domain_check import shift_warning
-    from ..report import (build_report, format_differential, format_errors, format_images, terminal_text,
-                          write_csv, write_json)
+    from ..report import (
+        build_report,
+        format_differential,
+        format_errors,
+        format_images,
+        terminal_text,
+        write_csv,
+        write_json,
+    )
     from ..review import parse_review_options
 
     if args.batch_size < 1:

@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from wbc_edge.atomic import check_outputs, write_atomic
 from wbc_edge.backends import cuda
 from wbc_edge.backends.tensorrt import import_tensorrt, make_logger, start_tensorrt
-from wbc_edge.backends.tensorrt_compat import (HARDWARE_LEVELS, INSTALL_TENSORRT, NEEDS_GPU, EngineRecord,
-                                               check_driver_for, missing_for)
+from wbc_edge.backends.tensorrt_compat import (
+    HARDWARE_LEVELS,
+    INSTALL_TENSORRT,
+    NEEDS_GPU,
+    EngineRecord,
+    check_driver_for,
+    missing_for,
+)
 from wbc_edge.errors import MetadataError, MissingDependencyError, WbcEdgeError
-from wbc_edge.atomic import check_outputs, write_atomic
 from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata, resolve_metadata, sha256_of, sidecar_path
 
 from .build_progress import build_progress

@@ -125,9 +125,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     require("onnx", "the onnx package", TORCH_INSTALL)
     import torch
 
-    from wbc_edge.training.checkpoint import extract_state_dict, guard_of, load_checkpoint, metadata_of
-
     from wbc_edge.atomic import check_output, move_into_place
+    from wbc_edge.training.checkpoint import extract_state_dict, guard_of, load_checkpoint, metadata_of
 
     from . import weight_storage as storage
     from .onnx_files import save_model

@@ -21,7 +21,7 @@ class OnnxModelError(WbcEdgeError):
     """An ONNX file that is not a valid wbc-edge model."""
 
 
-def embed_metadata(model: "onnx.ModelProto", meta: ModelMetadata) -> None:
+def embed_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
     """Puts ``meta`` into the model's ``metadata_props`` (replacing any older copy)."""
     kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
     del model.metadata_props[:]
@@ -30,11 +30,11 @@ def embed_metadata(model: "onnx.ModelProto", meta: ModelMetadata) -> None:
     entry.key, entry.value = ONNX_METADATA_KEY, meta.to_json()
 
 
-def embedded_metadata_json(model: "onnx.ModelProto") -> str | None:
+def embedded_metadata_json(model: onnx.ModelProto) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
 
 
-def load_model(path: str | os.PathLike) -> tuple["onnx.ModelProto", ModelMetadata]:
+def load_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelMetadata]:
     """An ONNX model and its metadata (sidecar and embedded copy must agree)."""
     onnx = require("onnx", "the onnx package", ONNX_INSTALL)
     path = Path(path)
@@ -51,7 +51,7 @@ def load_model(path: str | os.PathLike) -> tuple["onnx.ModelProto", ModelMetadat
     return model, meta
 
 
-def input_name(model: "onnx.ModelProto") -> str:
+def input_name(model: onnx.ModelProto) -> str:
     """The name of the model's one (uint8 image) input."""
     import onnx
 
@@ -63,7 +63,7 @@ def input_name(model: "onnx.ModelProto") -> str:
     return graph_inputs[0].name
 
 
-def save_model(model: "onnx.ModelProto", path: str | os.PathLike, meta: ModelMetadata,
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, meta: ModelMetadata,
                check: bool = True) -> Path:
     """Embeds ``meta``, checks the model with ``onnx.checker`` (full check, with
     shape inference), writes it atomically, then writes the JSON sidecar."""

@@ -43,7 +43,7 @@ def fp16_exact(values: np.ndarray) -> bool:
         return bool(np.array_equal(values.astype(np.float16).astype(np.float32), values))
 
 
-def round_state_dict_to_fp16(state: dict[str, "torch.Tensor"]) -> tuple[dict[str, "torch.Tensor"], dict]:
+def round_state_dict_to_fp16(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
     """A copy of ``state`` with every float32 tensor rounded to the nearest
     float16-representable value (round-to-nearest-even), kept as float32.
 
@@ -73,7 +73,7 @@ def round_state_dict_to_fp16(state: dict[str, "torch.Tensor"]) -> tuple[dict[str
     return out, summary
 
 
-def _initializer_users(graph: "onnx.GraphProto") -> dict[str, int]:
+def _initializer_users(graph: onnx.GraphProto) -> dict[str, int]:
     users: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -81,7 +81,7 @@ def _initializer_users(graph: "onnx.GraphProto") -> dict[str, int]:
     return users
 
 
-def store_weights_as_fp16(model: "onnx.ModelProto", min_elements: int = 16) -> list[str]:
+def store_weights_as_fp16(model: onnx.ModelProto, min_elements: int = 16) -> list[str]:
     """Rewrites, in place, each float32 initializer whose values are all exactly
     representable in float16 as a float16 initializer (``NAME::fp16``) and a
     ``Cast`` to float32 named ``NAME``: the graph computes with bit-identical
@@ -112,7 +112,7 @@ def store_weights_as_fp16(model: "onnx.ModelProto", min_elements: int = 16) -> l
     return stored
 
 
-def materialize_fp32_weights(model: "onnx.ModelProto") -> int:
+def materialize_fp32_weights(model: onnx.ModelProto) -> int:
     """Undoes :func:`store_weights_as_fp16` in place: each ``Cast(to=float32)``
     of a float16 initializer becomes a float32 initializer under the Cast's
     output name, with exactly the values the Cast produced. Returns how many."""
@@ -147,7 +147,7 @@ def materialize_fp32_weights(model: "onnx.ModelProto") -> int:
     return len(drop_nodes)
 
 
-def state_dict_from_onnx(model: "onnx.ModelProto") -> dict[str, np.ndarray]:
+def state_dict_from_onnx(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The ResNet state_dict (numpy arrays, float32) held in an FP32 ONNX made by
     ``wbc-edge export``: initializers named ``net.<param>``, whether stored as
     float32 or as float16 + Cast, and parameters the exporter de-duplicated

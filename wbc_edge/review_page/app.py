@@ -25,6 +25,7 @@ When the server listens on a loopback address, requests must name it in
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -305,7 +306,7 @@ class ReviewServer:
         finally:
             self.close()
 
-    def start(self) -> "ReviewServer":
+    def start(self) -> ReviewServer:
         import threading
         import time
 
@@ -326,7 +327,5 @@ class ReviewServer:
 
     def close(self) -> None:
         self.app.app.state.cam.close()
-        try:
+        with contextlib.suppress(OSError):
             self.socket.close()
-        except OSError:
-            pass

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..datasets import load_images, read_samples
+from ..metrics import auroc, classification_report, softmax
 from .augment import AugmentConfig
 from .checkpoint import load_checkpoint
-from ..datasets import load_images, read_samples
 from .deployable import Normalize
 from .domain_guard import fit_guard, stage_features
-from ..metrics import auroc, classification_report, softmax
 from .resnet import resnet18
 from .train import TrainConfig, net_logits, train
 
@@ -56,8 +54,10 @@ def _scores(state, cfg: TrainConfig, train_set, sets: dict) -> dict:
         result[name] = {"balanced_accuracy": report["balanced_accuracy"], "ece": report["ece"], "n": len(s)}
     in_name, out_name = "pbc_test", "lisc"
     z_in, z_out = logits[in_name], logits[out_name]
-    msp = lambda z: -softmax(z).max(1)
-    energy = lambda z: -torch.logsumexp(torch.from_numpy(z), 1).numpy()
+    def msp(z):
+        return -softmax(z).max(1)
+    def energy(z):
+        return -torch.logsumexp(torch.from_numpy(z), 1).numpy()
     ood = {"max softmax": auroc(msp(z_in), msp(z_out)), "energy": auroc(energy(z_in), energy(z_out))}
     for label, stages in GUARD_STAGES.items():
         feats = stage_features(net, normalize, train_set.images, stages)

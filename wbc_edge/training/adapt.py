@@ -25,9 +25,9 @@ from __future__ import annotations
 import copy
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,10 +38,10 @@ from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
 from wbc_edge.errors import WbcEdgeError
 from wbc_edge.metadata import sha256_of
 
-from .augment import AugmentConfig, augment
 from ..datasets import ImageSet, Sample, load_images, read_samples
-from .domain_guard import DomainGuard, fit_guard, stage_features
 from ..metrics import classification_report, softmax
+from .augment import AugmentConfig, augment
+from .domain_guard import DomainGuard, fit_guard, stage_features
 from .temperature import fit_temperature
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "wbc_edge" / "models" / "reference_cells"
@@ -150,7 +150,7 @@ def holdout_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     held = []
     for c in np.unique(labels):
         rows = rng.permutation(index[labels == c])
-        held.extend(rows[:int(round(len(rows) * HOLDOUT_FRACTION))].tolist())
+        held.extend(rows[:round(len(rows) * HOLDOUT_FRACTION)].tolist())
     held = np.array(sorted(held), dtype=np.int64)
     return np.setdiff1d(index, held), held
 

@@ -49,7 +49,7 @@ class AugmentConfig:
     jpeg: float = 0.3              # share of images JPEG-compressed, quality 30-90
 
     @classmethod
-    def legacy(cls) -> "AugmentConfig":
+    def legacy(cls) -> AugmentConfig:
         """The augmentation of the first shipped model (for ablations)."""
         return cls(max_rotation_deg=15.0, black_corners=0.0, min_scale=1 / 1.1, max_scale=1.1, max_shift=0.05,
                    brightness=0.15, contrast=0.15, saturation=0.15, hue=0.03, stain=0.05, hed=0.0, gamma=0.0,
@@ -174,7 +174,7 @@ def blur(x: Tensor, share: float, max_sigma: float, gen: torch.Generator) -> Ten
     sigma = _uniform(n, 0.3, max_sigma, gen)
     if not pick.any():
         return x
-    radius = int(math.ceil(2 * max_sigma))
+    radius = math.ceil(2 * max_sigma)
     taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     out = x.clone()
     for i in pick.nonzero().flatten().tolist():

@@ -12,8 +12,8 @@ backend and precision reports it the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class DomainGuard(nn.Module):
         self.dim = float(whitening.shape[0])
 
     @classmethod
-    def from_statistics(cls, stats: GuardStatistics) -> "DomainGuard":
+    def from_statistics(cls, stats: GuardStatistics) -> DomainGuard:
         whitened_means = stats.means @ stats.whitening
         return cls(stats.stages, torch.tensor(stats.whitening), torch.tensor(whitened_means.T),
                    torch.tensor((whitened_means ** 2).sum(1)))
@@ -101,7 +101,7 @@ class DomainGuard(nn.Module):
                 "whitened_means": self.whitened_means.clone(), "mean_norms": self.mean_norms.clone()}
 
     @classmethod
-    def from_state(cls, state: dict) -> "DomainGuard":
+    def from_state(cls, state: dict) -> DomainGuard:
         return cls(state["stages"], state["whitening"], state["whitened_means"], state["mean_norms"])
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,17 +22,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
 from wbc_edge.metadata import ModelMetadata
 from wbc_edge.preprocess import default_num_threads
 
+from ..datasets import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
+from ..metrics import classification_report, expected_calibration_error, softmax
 from .augment import AugmentConfig, augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..datasets import DatasetError, ImageSet, Sample, class_names, load_images, read_samples
-from wbc_edge.domain_check import DEFAULT_SHIFT_FRACTION
-
 from .deployable import DeployableModel, Normalize
 from .domain_guard import DEFAULT_STAGES, DomainGuard, fit_guard, stage_features
-from ..metrics import classification_report, expected_calibration_error, softmax
 from .resnet import resnet18
 from .temperature import fit_temperature
 
