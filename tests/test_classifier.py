@@ -3,6 +3,7 @@ threads, and agreement with a direct runner + preprocessing + softmax."""
 
 from __future__ import annotations
 
+import collections
 import io
 import random
 import subprocess
@@ -15,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import SAMPLE_DIR, sample_rows
 from wbc_edge import Classifier, Prediction, preprocess_batch
+from wbc_edge.backends.base import split_outputs
 from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
 from wbc_edge.decode import decode_image
 from wbc_edge.metrics import softmax
@@ -216,46 +218,40 @@ def test_threads_give_the_same_answers_as_serial(classifier, test_split):
 
 
 class SlotOnnxRunner(OnnxRuntimeRunner):
-    """An onnxruntime runner with the TensorRT runner's batch-slot protocol
-    (reserve -> fill ``batch.inputs`` -> submit -> collect, or release): a
-    few preallocated input buffers handed out under a condition variable,
-    waiting while all are busy in other threads. It records whether every
-    submitted batch was filled in its own memory."""
+    """An onnxruntime runner that, as the TensorRT runner does, has each job
+    fill memory of the runner's own and keeps two jobs in flight: job k+1 is
+    filled before job k's outputs are handed out. It records whether every
+    job was filled in that memory, and how many of its batch streams are open."""
 
-    class Batch:
-        def __init__(self, slot, count, memory):
-            self.slot, self.count, self.inputs = slot, count, memory[slot, :count]
-            self.logits = None
+    fills_input_memory = True
 
-    def __init__(self, path, slots=2, max_batch=4):
+    def __init__(self, path, max_batch=4):
         super().__init__(path, num_threads=1)
-        self._memory = np.zeros((slots, max_batch, *self.input_shape), np.uint8)
         self.max_batch_size = max_batch
-        self._free = list(range(slots))
-        self._cond = threading.Condition()
-        self.submitted = self.in_place = 0
+        self.filled = self.in_place = self.open = 0
 
-    def reserve(self, count, timeout=None):
-        assert 1 <= count <= self.max_batch_size
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._free, timeout):
-                raise TimeoutError("no free batch buffer")
-            return self.Batch(self._free.pop(), count, self._memory)
+    def run_batches(self, jobs):
+        memory = np.zeros((2, self.max_batch_size, *self.input_shape), np.uint8)
+        pending = collections.deque()
+        self.open += 1
 
-    def submit(self, batch):
-        self.submitted += 1
-        self.in_place += np.shares_memory(batch.inputs, self._memory)
-        batch.logits = self.infer(batch.inputs)
+        def result(job, images):
+            return job, None if images is None else split_outputs(self.metadata, self.infer(images))
 
-    def collect(self, batch):
-        logits = batch.logits
-        self.release(batch)
-        return logits
-
-    def release(self, batch):
-        with self._cond:
-            self._free.append(batch.slot)
-            self._cond.notify()
+        try:
+            for k, job in enumerate(jobs):
+                while len(pending) >= 2:  # slot k % 2 is about to be refilled: hand out what it held
+                    yield result(*pending.popleft())
+                slot = memory[k % 2]
+                images = job.fill(slot) if job.count else None
+                if images is not None:
+                    self.filled += 1
+                    self.in_place += np.shares_memory(images, slot)
+                pending.append((job, images))
+            while pending:
+                yield result(*pending.popleft())
+        finally:
+            self.open -= 1
 
 
 def test_runner_batch_slots_are_filled_in_place(classifier, test_split):
@@ -270,10 +266,10 @@ def test_runner_batch_slots_are_filled_in_place(classifier, test_split):
         stream = slotted.predict_stream(paths, batch_size=2)
         next(stream)
         stream.close()
-        assert sorted(runner._free) == [0, 1]
+        assert runner.open == 0
     # 3 batches of 4 (12 inputs, one missing) twice, 1 stacked, and 2 for the early-stopped stream
-    # (its second batch starts before the first one's predictions are handed out)
-    assert runner.submitted == runner.in_place == 3 + 3 + 1 + 2
+    # (its second batch is filled before the first one's predictions are handed out)
+    assert runner.filled == runner.in_place == 3 + 3 + 1 + 2
     reference = classifier.predict_batch(paths)
     assert [p.label for p in got] == [p.label for p in reference] == [p.label for p in streamed]
     assert got[-1].error == "file not found"
@@ -284,11 +280,11 @@ def test_runner_batch_slots_are_filled_in_place(classifier, test_split):
     assert [p.label for p in stacked] == [p.label for p in reference[:3]]
 
 
-def test_threads_sharing_few_batch_slots_do_not_deadlock(classifier, test_split):
-    """More threads than the runner has buffers, each keeping one batch in
-    flight while preparing the next: none may wait for a buffer while holding one."""
+def test_threads_sharing_a_runner_that_fills_its_own_memory(classifier, test_split):
+    """Four threads streaming through one runner, each with two batches in
+    its memory at once, get what one serial call gets."""
     paths = [str(p) for p in test_split[0][:24]]
-    runner = SlotOnnxRunner(classifier.model_path, slots=2, max_batch=3)
+    runner = SlotOnnxRunner(classifier.model_path, max_batch=3)
     results, failures = {}, []
     with Classifier(runner, num_threads=1) as slotted:
         serial = [p.label for p in slotted.predict_batch(paths)]
@@ -304,7 +300,7 @@ def test_threads_sharing_few_batch_slots_do_not_deadlock(classifier, test_split)
             t.start()
         for t in threads:
             t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "deadlock: threads still waiting for batch buffers"
+        assert not any(t.is_alive() for t in threads), "threads still running after 120 s"
     assert not failures and all(labels == serial for labels in results.values())
 
 

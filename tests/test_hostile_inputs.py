@@ -473,11 +473,13 @@ def test_bomb_message_names_an_option_the_cli_has(capsys, tmp_path):
 
 
 def test_decoded_images_are_released_once_resized(classifier):
+    from wbc_edge.backends.base import split_outputs
+
     cells = sorted(EXAMPLES.glob("*.jpg"))[:3]
     chunk = classifier._read([*cells, Path("/nonexistent.jpg")])
     assert chunk.batch is not None and len(chunk.batch) == 3
     assert not any(isinstance(image, np.ndarray) for image in chunk.images)  # only the resized batch is held
     assert [image is not None for image in chunk.images] == [True, True, True, False]
-    got = classifier._predictions(chunk, classifier.runner.infer(chunk.batch))
+    got = classifier._predictions(chunk, split_outputs(classifier.metadata, classifier.runner.infer(chunk.batch)))
     assert [p.ok for p in got] == [True, True, True, False]
     assert [p.label for p in got[:3]] == [p.label for p in classifier.predict_batch(cells)]

@@ -17,9 +17,7 @@ policy, and run by a backend runner; confidences are
 
 from __future__ import annotations
 
-import io
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner
-from .backends.base import Runner
-from .decode import MAX_PIXELS, ImageReadError, decode_images, describe_source, to_array
+from .backends.base import BatchJob, Outputs, Runner
+from .decode import MAX_PIXELS
 from .domain_check import cell_verdict
 from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
+from .inputs import DecodedInputs, as_sequence, check_stack, decode_inputs, is_stack
 from .metadata import ModelMetadata
 from .models import resolve_model, shipped_models
 from .prediction import Prediction, calibrated_probabilities
@@ -46,32 +45,16 @@ DEFAULT_BATCH_SIZE = 64
 #: Batches read ahead by predict_stream while one runs.
 DEFAULT_PREFETCH = 2
 
-_ENCODED = (str, os.PathLike, bytes, bytearray, memoryview, io.IOBase)
 
 
 @dataclass
-class _Chunk:
-    """One batch on its way through the pipeline: per input its name and
-    decoded image or error; ``batch`` holds the preprocessed images of the
-    inputs without error, once made."""
+class _Chunk(DecodedInputs):
+    """One batch of inputs on its way through the runner; ``batch`` holds
+    the model-ready images of those without error, once made."""
 
-    names: list[str | None]
-    images: list[np.ndarray | None]
-    errors: list[str | None]
     batch: np.ndarray | None = None
     #: per row of ``batch``: whether cell centring found a white cell (None: not looked for)
     cell_found: np.ndarray | None = None
-
-
-@dataclass
-class _Started:
-    """A chunk whose inference has started: its logits, or the runner's
-    reserved batch to collect them from (``used`` rows of it)."""
-
-    chunk: _Chunk
-    logits: np.ndarray | None = None
-    reserved: Any = None
-    used: int = 0
 
 
 class Classifier:
@@ -111,10 +94,6 @@ class Classifier:
         self.max_pixels = max_pixels
         limit = runner.max_batch_size
         self.batch_size = int(min(batch_size, limit) if limit else batch_size)
-        # A runner with its own (pinned) input memory (the TensorRT runner's
-        # reserve/submit/collect/release) gets images preprocessed straight into
-        # it, and runs batch k on the device while batch k+1 is prepared.
-        self._reserves = all(callable(getattr(runner, m, None)) for m in ("reserve", "submit", "collect", "release"))
         self._closed = False
         self.review = review
         self._check_outputs()
@@ -261,9 +240,9 @@ class Classifier:
         """
         self._check_open()
         self._check_cam(cam)
-        if _is_stack(images):
+        if is_stack(images):
             return list(self._run(self._stack_chunks(images, self.batch_size), cam))
-        items = _as_sequence(images, "predict_batch")
+        items = as_sequence(images, "predict_batch")
         size = self.batch_size
         return list(self._run((self._read(items[i:i + size]) for i in range(0, len(items), size)), cam))
 
@@ -294,8 +273,8 @@ class Classifier:
             raise WbcEdgeError(f"max_wait must be None or a number of seconds >= 0, got {max_wait!r}")
         if self.runner.max_batch_size:
             size = min(size, self.runner.max_batch_size)
-        if _is_stack(inputs):
-            _check_stack(inputs)
+        if is_stack(inputs):
+            check_stack(inputs)
             return self._run(self._stack_chunks(inputs, size), cam)
         if isinstance(inputs, (str, bytes, os.PathLike, Image.Image)) or not hasattr(inputs, "__iter__"):
             raise TypeError(f"predict_stream takes an iterable of inputs, got {type(inputs).__name__}")
@@ -345,34 +324,27 @@ class Classifier:
 
     def _read(self, items: Sequence) -> _Chunk:
         """Decodes a group of inputs (thread pool) and, unless the runner
-        provides the input memory, preprocesses them."""
-        count = len(items)
-        chunk = _Chunk(names=[_name_of(item) for item in items], images=[None] * count, errors=[None] * count)
-        encoded = [i for i, item in enumerate(items) if isinstance(item, _ENCODED)]
-        decoded = decode_images([items[i] for i in encoded], num_threads=self.num_threads,
-                                max_pixels=self.max_pixels, reduce_to=self.metadata.input_size)
-        for i, result in zip(encoded, decoded):
-            if isinstance(result, ImageReadError):
-                chunk.errors[i] = result.reason
-            else:
-                chunk.images[i] = result
-        for i, item in enumerate(items):
-            if not isinstance(item, _ENCODED):
-                chunk.images[i], chunk.errors[i] = _image_of(item, self.max_pixels)
-        if not self._reserves:
+        fills its own input memory, preprocesses them here (in predict_stream's
+        readers, while the runner works on earlier batches)."""
+        decoded = decode_inputs(items, num_threads=self.num_threads, max_pixels=self.max_pixels,
+                                reduce_to=self.metadata.input_size)
+        chunk = _Chunk(decoded.names, decoded.images, decoded.errors)
+        if not self.runner.fills_input_memory:
             chunk.batch = self._preprocess(chunk, out=None)
         return chunk
 
     def _preprocess(self, chunk: _Chunk, out: np.ndarray | None) -> np.ndarray | None:
-        """The chunk's readable images as one model-ready batch. An image the
-        C++ preprocessing refuses becomes an error for that input alone."""
+        """The chunk's readable images as one model-ready batch (in ``out``
+        when given). An image the C++ preprocessing refuses becomes an error
+        for that input alone."""
         images = [image for image in chunk.images if image is not None]
         if not images:
             return None
         size, policy = self.metadata.input_size, self.metadata.resize_policy
         boxes = np.zeros((len(images), 5), np.float32) if policy == "cell_center" else None
         try:
-            batch = preprocess_batch(images, size, out=out, num_threads=self.num_threads, policy=policy, boxes=boxes)
+            batch = preprocess_batch(images, size, out=None if out is None else out[:len(images)],
+                                     num_threads=self.num_threads, policy=policy, boxes=boxes)
             chunk.cell_found = None if boxes is None else boxes[:, 4] > 0
             # resized: the decoded images go now, not when the batch is answered
             # (only whether each input had one is used from here on)
@@ -389,93 +361,62 @@ class Classifier:
                         refused += 1
             if not refused:
                 raise
-            return self._preprocess(chunk, out=None if out is None else out[:len(images) - refused])
+            return self._preprocess(chunk, out)
 
     def _stack_chunks(self, stack: np.ndarray, size: int) -> Iterator[_Chunk]:
         """Batches of a stacked (n, h, w, c) uint8 array, without copies where
         the frames already have the model's input form."""
-        _check_stack(stack)
+        check_stack(stack)
         # frames of the input size need no resizing, but cell centring still crops them
         ready = stack.shape[1:] == (*self.metadata.input_size, 3) and self.metadata.resize_policy != "cell_center"
         for start in range(0, len(stack), size):
             frames = stack[start:start + size]
             count = len(frames)
-            chunk = _Chunk(names=[None] * count, images=list(frames), errors=[None] * count)
-            if not self._reserves:
-                if ready:
-                    chunk.batch = np.ascontiguousarray(frames)
-                else:
-                    chunk.batch = self._preprocess(chunk, out=None)
+            chunk = _Chunk([None] * count, list(frames), [None] * count)
+            if ready:
+                chunk.batch = np.ascontiguousarray(frames)
+            elif not self.runner.fills_input_memory:
+                chunk.batch = self._preprocess(chunk, out=None)
             yield chunk
 
+    def _job(self, chunk: _Chunk) -> BatchJob:
+        """A chunk as a runner's job: its images, made where the runner wants them."""
+        def fill(out: np.ndarray | None) -> np.ndarray | None:
+            if chunk.batch is None:
+                return self._preprocess(chunk, out)
+            if out is None:
+                return chunk.batch
+            np.copyto(out[:len(chunk.batch)], chunk.batch)
+            return out[:len(chunk.batch)]
+
+        count = len(chunk.batch) if chunk.batch is not None else sum(image is not None for image in chunk.images)
+        return BatchJob(count, fill, context=chunk)
+
     def _run(self, chunks: Iterable[_Chunk], cam: bool = False) -> Iterator[Prediction]:
-        """Predictions for a sequence of chunks, in order. With a reserving
-        runner, chunk k+1 is preprocessed into the runner's memory and
-        started while chunk k runs; a thread never waits for a buffer while
-        holding one (so threads sharing a runner cannot deadlock)."""
-        started: deque[_Started] = deque()
-        try:
+        """Predictions for a sequence of chunks, in order: the runner takes
+        them as jobs (and decides how many are in flight)."""
+        def jobs() -> Iterator[BatchJob]:
             for chunk in chunks:
                 self._check_open()
-                begun = self._start(chunk, wait=not started)
-                if begun is None:  # every buffer busy: finish ours first, then wait for one
-                    yield from self._finish(started.popleft(), cam)
-                    begun = self._start(chunk, wait=True)
-                started.append(begun)
-                while len(started) > 1:
-                    yield from self._finish(started.popleft(), cam)
-            while started:
-                yield from self._finish(started.popleft(), cam)
-        finally:
-            for item in started:  # the consumer stopped early, or something failed
-                if item.reserved is not None:
-                    self.runner.release(item.reserved)
+                yield self._job(chunk)
+
+        batches = self.runner.run_batches(jobs())
+        try:
+            for job, outputs in batches:
+                yield from self._predictions(job.context, outputs, cam)
+        finally:  # the consumer stopped early, or something failed: the runner frees what it holds
+            getattr(batches, "close", lambda: None)()
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
 
-    def _start(self, chunk: _Chunk, wait: bool) -> _Started | None:
-        """Starts inference of a chunk. None when ``wait`` is False and the
-        runner has no free input buffer right now."""
-        if not self._reserves:
-            batch = chunk.batch
-            return _Started(chunk, logits=None if batch is None else self.runner.infer(batch))
-        count = sum(image is not None for image in chunk.images)
-        if count == 0:
-            return _Started(chunk)
-        try:
-            reserved = self.runner.reserve(count, timeout=None if wait else 0)
-        except (TimeoutError, RuntimeError):
-            if wait:
-                raise
-            return None
-        try:
-            batch = self._preprocess(chunk, out=reserved.inputs)
-            if batch is None:
-                self.runner.release(reserved)
-                return _Started(chunk)
-            self.runner.submit(reserved)
-        except BaseException:
-            self.runner.release(reserved)
-            raise
-        # rows past len(batch) (images refused by preprocessing) are computed but unused
-        return _Started(chunk, reserved=reserved, used=len(batch))
-
-    def _finish(self, started: _Started, cam: bool) -> list[Prediction]:
-        logits = started.logits
-        if started.reserved is not None:
-            logits = self.runner.collect(started.reserved)[:started.used]
-        return self._predictions(started.chunk, logits, cam)
-
-    def _predictions(self, chunk: _Chunk, outputs: np.ndarray | None, cam: bool = False) -> list[Prediction]:
+    def _predictions(self, chunk: _Chunk, outputs: Outputs | None, cam: bool = False) -> list[Prediction]:
         results: list[Prediction] = []
         classes, policy, guard = self.metadata.classes, self._review, self.metadata.domain_guard
         if outputs is not None:
-            columns = self.metadata.output_columns
-            logits = outputs[:, columns["logits"]]
-            scores = outputs[:, columns["ood_score"]][:, 0] if guard is not None else None
-            maps = (outputs[:, columns["cam"]].reshape(-1, *self.metadata.cam_shape).astype(np.float32)
-                    if cam else None)
+            logits = outputs["logits"]
+            scores = outputs["ood_score"][:, 0] if guard is not None else None
+            maps = outputs["cam"].reshape(-1, *self.metadata.cam_shape).astype(np.float32) if cam else None
             probabilities = calibrated_probabilities(logits, self.metadata.temperature)
             finite = np.isfinite(logits).all(axis=1)
             rows = iter(range(len(logits)))
@@ -550,66 +491,3 @@ def _verify_shipped(meta: ModelMetadata, variant: str) -> None:
     if variant != "fp32" and "fp32" in shipped:
         meta.check_compatible(ModelMetadata.load(shipped["fp32"].metadata_path),
                               what=f"{shipped[variant].path} vs the fp32 model")
-
-
-def _is_stack(images) -> bool:
-    return isinstance(images, np.ndarray) and images.ndim == 4
-
-
-def _check_stack(stack: np.ndarray) -> None:
-    if stack.dtype != np.uint8:
-        raise TypeError(f"a stacked batch must be uint8 (n, h, w, 3), got dtype {stack.dtype}")
-    _n, h, w, c = stack.shape
-    if c not in (1, 3, 4) or h < 1 or w < 1:
-        raise ValueError(f"a stacked batch must have shape (n, h, w, 3) (or 1/4 channels), got {stack.shape}")
-
-
-def _as_sequence(images, what: str) -> list:
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, io.IOBase)):
-        raise TypeError(f"{what} takes a list of images; for one image use predict()")
-    if isinstance(images, np.ndarray):
-        raise TypeError(f"{what}: got one array of shape {images.shape}; pass a list of images or one "
-                        "stacked (n, h, w, 3) array; for one image use predict()")
-    if not hasattr(images, "__iter__"):
-        raise TypeError(f"{what} takes a list of images, got {type(images).__name__}")
-    return list(images)
-
-
-def _name_of(item) -> str | None:
-    """The input's path or name where it has one."""
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, io.IOBase):
-        name = getattr(item, "name", None)
-        return name if isinstance(name, str) else None
-    if isinstance(item, Image.Image):
-        return getattr(item, "filename", None) or None
-    return None
-
-
-def _image_of(item, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
-    """An in-memory input (array or PIL image) as an array preprocessing
-    takes, or the reason it cannot be one."""
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8:
-            return None, f"expected a uint8 image array, got dtype {item.dtype}"
-        shape = item.shape
-        if not (item.ndim == 2 or (item.ndim == 3 and shape[2] in (1, 3, 4))):
-            return None, f"expected an image array (h, w) or (h, w, 1|3|4), got shape {shape}"
-        if shape[0] < 1 or shape[1] < 1:
-            return None, f"has no pixels (shape {shape})"
-        return item, None
-    if isinstance(item, Image.Image):
-        width, height = item.size
-        if width < 1 or height < 1:
-            return None, f"has no pixels ({width}x{height})"
-        if max_pixels is not None and width * height > max_pixels:
-            return None, f"is {width}x{height} pixels, more than the limit of {max_pixels:,}"
-        try:
-            return to_array(item), None
-        except Exception as error:  # a lazily loaded, truncated file surfaces here
-            return None, f"corrupt or truncated image ({error})"
-    if item is None:
-        return None, "no image (None)"
-    return None, (f"cannot classify an object of type {type(item).__name__}: pass a path, bytes, a file object, "
-                  f"a PIL image or a uint8 array ({describe_source(item)})")

@@ -1,18 +1,61 @@
 """The one contract every backend keeps (after Polygraphy's runners).
 
-A runner turns a preprocessed batch, uint8 ``[N, H, W, 3]`` RGB, into float32
-logits ``[N, classes]``; temperature, softmax and review policy are applied
-above it, identically for every backend.
+A runner turns an ordered stream of batch jobs into ``(job, outputs)``, in
+order::
+
+    for job, outputs in runner.run_batches(jobs):
+        outputs["logits"]      # float32 [n, classes]; and "ood_score", "cam" where the model has them
+
+A :class:`BatchJob` says how many images it holds at most and fills them
+itself: ``job.fill(out)`` writes the model-ready uint8 ``[n, H, W, 3]`` images
+into ``out`` (memory the runner owns, such as a pinned buffer it copies to
+the GPU from) or, given None, into an array of its own, and returns them
+(``n <= job.count``: preprocessing may refuse an image). A runner that can
+overlap work (copies and compute on a GPU, requests to a server) fills batch
+k+1 while batch k runs, inside ``run_batches``; the others run one job after
+another. ``infer(images)`` is the one-batch form, and gives the model's raw
+output rows (``metadata.output_columns`` says which column is what).
+
+Temperature, softmax and review policy are applied above the runner,
+identically for every backend.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..metadata import ModelMetadata
+
+#: A batch's outputs by name (``metadata.output_columns``): "logits", and
+#: "ood_score" and "cam" where the model has them; one row per image.
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class BatchJob:
+    """One batch for a runner: at most ``count`` images, written by ``fill``.
+
+    ``fill(out)`` writes the images into ``out[:n]`` (or, with ``out=None``,
+    into a new array) and returns that ``[n, H, W, 3]`` uint8 array, or None
+    when none of the job's inputs can run. ``context`` is the caller's, handed
+    back unchanged with the outputs.
+    """
+
+    #: images at most; 0: nothing to run (a batch of unreadable inputs), ``fill`` is not called
+    count: int
+    fill: Callable[[Optional[np.ndarray]], Optional[np.ndarray]]
+    context: Any = None
+
+
+def split_outputs(metadata: ModelMetadata, rows: np.ndarray) -> Outputs:
+    """A model's raw output rows ``[n, metadata.num_outputs]`` by output name."""
+    return {name: rows[:, columns] for name, columns in metadata.output_columns.items()}
 
 
 class Runner(ABC):
@@ -29,6 +72,9 @@ class Runner(ABC):
 
     #: the largest batch one infer() call takes; None: any (callers split larger batches)
     max_batch_size: int | None = None
+    #: whether run_batches hands each job's fill memory of the runner's own
+    #: (pinned buffers); if not, callers may prepare the images ahead, in other threads
+    fills_input_memory: bool = False
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -58,6 +104,14 @@ class Runner(ABC):
     @abstractmethod
     def _infer(self, images: np.ndarray) -> np.ndarray:
         """infer() on a checked batch of at most max_batch_size images."""
+
+    def run_batches(self, jobs: Iterable[BatchJob]) -> Iterator[tuple[BatchJob, Outputs | None]]:
+        """Each job with its outputs (None when it had no image to run), in
+        job order. This plain form fills and runs one job after another;
+        runners that overlap work override it."""
+        for job in jobs:
+            images = job.fill(None) if job.count else None
+            yield job, None if images is None or not len(images) else split_outputs(self.metadata, self.infer(images))
 
     def close(self) -> None:
         """Frees what the runner holds (sessions, device memory). Idempotent."""

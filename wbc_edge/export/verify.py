@@ -91,7 +91,7 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, names: Sequence[s
 def default_verification_dir() -> Path | None:
     """The repository's ``examples/`` folder (16 real cell images), when this
     package runs from a source checkout; None in an installed wheel."""
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     return examples if examples.is_dir() and find_images(examples) else None
 
 

@@ -44,7 +44,7 @@ from .augment import AugmentConfig, augment
 from .domain_guard import DomainGuard, fit_guard, stage_features
 from .temperature import fit_temperature
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "wbc_edge" / "models" / "reference_cells"
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "models" / "reference_cells"
 #: fewest cells worth adapting to (a run below refuses and says so)
 MIN_LABELED, MIN_UNLABELED, MIN_PER_CLASS = 8, 32, 2
 #: with at least HOLDOUT_FROM labelled cells, this share is held out to measure before/after
