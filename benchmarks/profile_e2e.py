@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wbc_edge import preprocess_batch
     from wbc_edge.classifier import Classifier
     from wbc_edge.decode import decode_images
-    from wbc_edge.prediction import calibrated_probabilities
+    from wbc_edge.metrics import softmax
 
     images = cell_images(args.images)
     paths = [str(p) for p in images.paths]
@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: preprocess_batch(decoded, meta.input_size, num_threads=threads, policy=meta.resize_policy),
             args.repeat),
         f"inference (runner.infer, batch {args.batch_size})": best_of(infer_all, args.repeat),
-        "softmax (calibrated_probabilities)": best_of(
-            lambda: calibrated_probabilities(logits, meta.temperature), args.repeat),
+        "softmax": best_of(
+            lambda: softmax(logits, meta.temperature), args.repeat),
     }
     total = best_of(lambda: list(classifier.predict_stream(paths)), args.repeat)
     _print("SDK", stages, total, len(paths))

@@ -25,7 +25,7 @@ from benchmarks.machine import short_machine
 from benchmarks.results import STAGES, load_results, newest_results
 
 #: (stage, what the SDK row must contain, target, aim): the issue's targets.
-TARGETS = (
+SPEED_TARGETS = (
     ("end-to-end", "default", 3.0, 6.0, "end to end, default CPU configuration vs the prototype loop"),
     ("preprocess", "uint8 (1 thread", 8.0, None, "preprocessing on one thread at the model's input size (uint8)"),
     ("preprocess 224x224", "uint8 (1 thread", 8.0, None, "preprocessing on one thread at 224x224 (uint8), the "
@@ -103,7 +103,7 @@ def markdown_table(rows: Sequence[Row], with_machine: bool = True) -> str:
 def target_lines(rows: Sequence[Row]) -> list[str]:
     """One line per target of the issue, with the ratio this run shows."""
     lines = []
-    for stage, marker, target, aim, what in TARGETS:
+    for stage, marker, target, aim, what in SPEED_TARGETS:
         found = [r for r in rows if r.stage == stage and marker in r.name and r.speedup is not None]
         for row in found:
             verdict = "meets" if row.speedup >= target else "MISSES"

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA = "wbc-edge-benchmarks/1"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPOSITORY = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPOSITORY / "benchmarks" / "results"
 #: Stages in report order.
 STAGES = ("decode", "preprocess", "preprocess 224x224", "inference", "input size", "extra outputs", "end-to-end")
 
@@ -105,12 +106,15 @@ def default_path(mode: str, machine: dict, directory: Path = RESULTS_DIR) -> Pat
 
 
 def write_results(document: dict, path: str | os.PathLike) -> Path:
-    """Writes the document atomically (a crash leaves no half file)."""
+    """Writes the document atomically (a crash leaves no half file), every
+    path in it inside the repository written relative to the repository
+    (a results file must not name the folders of the machine it ran on)."""
+    from wbc_edge.atomic import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(document, indent=1).replace(json.dumps(str(REPOSITORY) + os.sep)[1:-1], "")
+    write_atomic(path, text + "\n")
     return path
 
 

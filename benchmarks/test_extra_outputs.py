@@ -13,7 +13,7 @@ from benchmarks.workload import tile
 from wbc_edge import Classifier, preprocess_batch
 
 BATCH = 64
-VARIANTS = ("plain", "guard", "guard+cam")
+OUTPUT_HEADS = ("plain", "guard", "guard+cam")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def exported(prototype, decoded_images, tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", OUTPUT_HEADS)
 def test_predict_batch_with_extra_outputs(measure, exported, prototype, decoded_images, all_threads, variant):
     _, meta = prototype
     stack = tile(preprocess_batch(decoded_images, meta.input_size, policy=meta.resize_policy), BATCH)

@@ -1,4 +1,4 @@
-"""Outputs (issue 17, items 11, 12, 14): one atomic writer for every file
+"""Outputs: one atomic writer for every file
 wbc-edge writes, which never writes through a link, never replaces what is not
 a regular file, never leaves half a file; and output paths checked before any
 work. Every case uses a real link, FIFO, device, folder or input file."""

@@ -84,14 +84,14 @@ def test_prototype_and_sdk_agree_on_sample_cells(sample_paths):
     torch = pytest.importorskip("torch", reason="the prototype runs on PyTorch")
     from benchmarks.prototype import PrototypeLoop, load_prototype_model
     from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
-    from wbc_edge.prediction import calibrated_probabilities
+    from wbc_edge.metrics import softmax
 
     net, meta, source = load_prototype_model(onnx_path=FP32_MODEL)
     assert "rebuilt from" in source
     paths = per_class(sample_paths, 2)
     with OnnxRuntimeRunner(FP32_MODEL) as runner:
         logits = runner.infer(preprocess_batch(decode_images(paths), meta.input_size, policy=meta.resize_policy))
-    probabilities = calibrated_probabilities(logits, 1.0)
+    probabilities = softmax(logits, 1.0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batch-1 eager with several threads crawls on a busy machine
     try:
@@ -342,3 +342,15 @@ def test_torch_backend_cuda_batch_protocol(shipped_fp32_checkpoint, sample_batch
         expected_labels = [p.label for p in cpu.predict_batch(paths)]
         labels = [p.label for p in cuda.predict_stream(paths)]
     assert sum(a == b for a, b in zip(labels, expected_labels)) >= 0.9 * len(paths)
+
+
+def test_results_files_name_repository_paths_relative_to_it(tmp_path):
+    from benchmarks.results import REPOSITORY, write_results
+
+    model = REPOSITORY / "wbc_edge" / "models" / "default.fp32.onnx"
+    document = {"workload": {"model": str(model), "note": f"rebuilt from {model} (unfolded)"},
+                "outside": "/elsewhere/m.onnx"}
+    saved = json.loads(write_results(document, tmp_path / "r.json").read_text())
+    assert saved["workload"] == {"model": "wbc_edge/models/default.fp32.onnx",
+                                 "note": "rebuilt from wbc_edge/models/default.fp32.onnx (unfolded)"}
+    assert saved["outside"] == "/elsewhere/m.onnx" and str(REPOSITORY) not in json.dumps(saved)

@@ -1,4 +1,4 @@
-"""Hostile and careless inputs (issue 17): a FIFO, a device, link loops, file
+"""Hostile and careless inputs: a FIFO, a device, link loops, file
 names that are not UTF-8 or carry escape sequences or spreadsheet formulas,
 EPS/WEBP/JPEG 2000 under an image name, float and 32-bit TIFFs, poisoned model
 metadata, manifests that climb out of the data root, links to the same file, a

@@ -33,8 +33,9 @@ from .domain_check import cell_verdict
 from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
 from .inputs import DecodedInputs, as_sequence, check_stack, decode_inputs, is_stack
 from .metadata import ModelMetadata
+from .metrics import softmax
 from .models import resolve_model, shipped_models
-from .prediction import Prediction, calibrated_probabilities
+from .prediction import Prediction
 from .preprocess import default_num_threads, preprocess_batch
 from .review import ReviewPolicy
 from .stream import DEFAULT_MAX_WAIT, read_ahead
@@ -417,7 +418,7 @@ class Classifier:
             logits = outputs["logits"]
             scores = outputs["ood_score"][:, 0] if guard is not None else None
             maps = outputs["cam"].reshape(-1, *self.metadata.cam_shape).astype(np.float32) if cam else None
-            probabilities = calibrated_probabilities(logits, self.metadata.temperature)
+            probabilities = softmax(logits, self.metadata.temperature)
             finite = np.isfinite(logits).all(axis=1)
             rows = iter(range(len(logits)))
         for name, image, error in zip(chunk.names, chunk.images, chunk.errors):

@@ -7,7 +7,6 @@ file), and a heavy library is imported only where nothing else can answer
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import shutil
@@ -15,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from .installed import has, installed
 
 # Import name -> the distributions that may provide it, first installed wins.
 PACKAGES = {
@@ -88,7 +89,7 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
     has_gpu = bool(gpu["devices"])
     status: dict[str, dict[str, Any]] = {}
 
-    if _installed("onnxruntime"):
+    if installed("onnxruntime"):
         try:
             import onnxruntime
 
@@ -101,7 +102,7 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
         status["onnxruntime"] = {"usable": False, "reason": "library missing (onnxruntime)",
                                  "install": install_hint("onnxruntime")}
 
-    if _installed("torch"):
+    if installed("torch"):
         entry: dict[str, Any] = {"usable": True, "reason": None, "devices": ["cpu"]}
         if has_gpu:  # only then is importing PyTorch worth its seconds
             try:
@@ -118,10 +119,10 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
         status["torch"] = {"usable": False, "reason": "library missing (torch)", "install": install_hint("torch")}
 
     missing = []
-    full, lean = _installed("tensorrt"), _installed("tensorrt_lean")
+    full, lean = installed("tensorrt"), installed("tensorrt_lean")
     if not full and not lean:
         missing.append("library missing (tensorrt)")
-    if not _installed("cuda.bindings"):
+    if not has("cuda-python"):
         missing.append("library missing (cuda-python, for CUDA memory and streams)")
     if not has_gpu:
         missing.append("no NVIDIA GPU")
@@ -190,13 +191,6 @@ def describe_environment() -> dict[str, Any]:
         "backends": backend_status(gpu),
         "default_model": default_model_info(),
     }
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing
-        return False
 
 
 def _version(*distributions: str) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 #: File name endings treated as images when a folder is scanned (case-insensitive).
@@ -30,15 +29,6 @@ def find_images(root: str | os.PathLike, errors: list | None = None) -> list[Pat
         found.extend(Path(folder) / name for name in sorted(names) if is_image_name(name))
     return found
 
-
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files stay as given (whatever their name: a file named explicitly is
-    read, and reported if it is no image); folders become the images inside."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        paths.extend(find_images(path) if path.is_dir() else [path])
-    return paths
 
 
 def describe_kind(mode: int) -> str:

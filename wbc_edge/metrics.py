@@ -84,10 +84,13 @@ def classification_report(y_true: np.ndarray, probabilities: np.ndarray,
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    """``softmax(logits / temperature)`` per row, in float64 (stable: the row
+    maximum is subtracted first). The one softmax: predictions, evaluation,
+    calibration and comparison all use it."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:

@@ -71,12 +71,3 @@ class Prediction:
     @classmethod
     def failed(cls, path: str | None, error: str) -> Prediction:
         return cls(path=path, error=error)
-
-
-def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(logits / temperature)`` per row, computed in float64 (stable:
-    the row maximum is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -5,7 +5,7 @@ the parity of the shipped variants with the FP32 model.
 Graph and record tests calibrate a small FP32 model exported here (see
 test_export.make_checkpoint) on the shipped sample's training images. Parity
 tests use the shipped models on all 208 sample images (skipped when absent), with
-issue 4's targets restated for 208 images:
+the parity targets (calibration.compare.PARITY_TARGETS) restated for 208 images:
 
 * FP16 vs FP32: >= 99.9% top-1 agreement, which on 208 images means none differ.
 * INT8 (each target) vs FP32: >= 99.5% agreement, i.e. at most 1 of 208 differs,

@@ -112,7 +112,7 @@ def ort_logits(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def assert_parity(expected: np.ndarray, got: np.ndarray) -> None:
-    """Issue 4's rule: max |dlogit| <= 1e-4 x max |logit| and the same top-1 on every image."""
+    """The export rule: max |dlogit| <= 1e-4 x max |logit| and the same top-1 on every image."""
     assert np.abs(expected - got).max() <= 1e-4 * np.abs(expected).max()
     classes = slice(0, len(CLASSES))  # the class logits (activation maps may follow)
     np.testing.assert_array_equal(expected[:, classes].argmax(axis=1), got[:, classes].argmax(axis=1))

@@ -7,11 +7,11 @@ runs on TensorRT, an ONNX model on ONNX Runtime, a checkpoint on PyTorch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from pathlib import Path
 
 from ..errors import MissingDependencyError, WbcEdgeError
+from ..installed import has
 from .base import Runner
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
@@ -58,7 +58,7 @@ def library_available(backend: str) -> bool:
     library = _REGISTRY[backend][2]
     # The TensorRT backend also runs on the lean runtime alone (version-compatible engines).
     alternatives = (library, "tensorrt_lean") if backend == "tensorrt" else (library,)
-    return any(importlib.util.find_spec(name) is not None for name in alternatives)
+    return any(has(name) for name in alternatives)
 
 
 def install_hint(backend: str) -> str:

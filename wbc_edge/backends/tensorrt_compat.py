@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import MetadataError, ModelMismatchError, WbcEdgeError
+from ..installed import has, installed, module_spec
 from ..metadata import ModelMetadata
 
 INSTALL_TENSORRT = "pip install 'wbc-edge[tensorrt]'"
@@ -225,7 +225,7 @@ def tensorrt_cuda_major(module: str) -> int | None:
     ``tensorrt_lean_cu13`` -> 13); None where no name says (JetPack's Debian
     packages). Looks only beside the module: importlib.metadata's
     packages_distributions() reads every installed package (0.1-0.5 s here)."""
-    spec = _spec(module)
+    spec = module_spec(module)
     if spec is None or not spec.origin:
         return None
     folder = Path(spec.origin).parent  # site-packages, or the package's own folder in it
@@ -267,33 +267,17 @@ def check_driver_for(trt, driver_version: int) -> None:
 # --- what is installed -------------------------------------------------------
 
 
-def _spec(module: str):
-    """The module's import spec, or None when it is not installed."""
-    try:
-        return importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-
-
-def _installed(module: str) -> bool:
-    return _spec(module) is not None
-
-
-def _cuda_python_installed() -> bool:
-    return _installed("cuda.bindings") or _installed("cuda.cudart")
-
-
 def missing_for(purpose: str) -> list[str]:
     """What this machine lacks to build engines (``purpose="build"``) or run
     them (``"run"``, ``"run-lean"``): an empty list when nothing is missing."""
     missing = []
-    if purpose == "build" and not _installed("tensorrt"):
+    if purpose == "build" and not installed("tensorrt"):
         missing.append("TensorRT with its builder (the 'tensorrt' Python package; on Jetson it comes with JetPack)")
-    elif purpose == "run" and not (_installed("tensorrt") or _installed("tensorrt_lean")):
+    elif purpose == "run" and not (installed("tensorrt") or installed("tensorrt_lean")):
         missing.append("TensorRT (the 'tensorrt' or 'tensorrt_lean' Python package)")
-    elif purpose == "run-lean" and not _installed("tensorrt_lean"):
+    elif purpose == "run-lean" and not installed("tensorrt_lean"):
         missing.append("the TensorRT lean runtime (the 'tensorrt_lean' Python package)")
-    if not _cuda_python_installed():
+    if not has("cuda-python"):
         missing.append("cuda-python (the 'cuda-bindings' package)")
     else:
         from . import cuda

@@ -25,8 +25,8 @@ from wbc_edge.metadata import ModelMetadata, sha256_of, sidecar_path
 
 from .dataset import DEFAULT_NUM_IMAGES, DEFAULT_SEED, CalibrationSet, load_calibration_set
 
-PRECISIONS = ("fp16", "int8")
-TARGETS = ("tensorrt", "cpu")
+CONVERSIONS = ("fp16", "int8")
+INT8_TARGETS = ("tensorrt", "cpu")
 #: Default calibration method per INT8 target (chosen on the validation split, see the README table).
 DEFAULT_METHODS = {"tensorrt": "max", "cpu": "percentile"}
 RECORD_SUFFIX = ".calibration.json"
@@ -101,10 +101,10 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
     require("onnx", "the onnx package (for calibrate)", INSTALL)
     from . import graph_prep
 
-    if precision not in PRECISIONS:
-        raise WbcEdgeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and target not in TARGETS:
-        raise WbcEdgeError(f"target must be one of {TARGETS}, got {target!r}")
+    if precision not in CONVERSIONS:
+        raise WbcEdgeError(f"precision must be one of {CONVERSIONS}, got {precision!r}")
+    if precision == "int8" and target not in INT8_TARGETS:
+        raise WbcEdgeError(f"target must be one of {INT8_TARGETS}, got {target!r}")
     if precision == "int8":
         method = method or DEFAULT_METHODS[target]
         if method not in methods_for(target):

@@ -53,8 +53,8 @@ def fold_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
 def remove_unused_opsets(model: onnx.ModelProto, keep: tuple[str, ...] = ()) -> None:
     """Drops opset imports of domains no node uses (ORT's optimizer declares a
     dozen of its own). Domains in ``keep`` stay: ONNX Runtime fuses Q/DQ into
-    its integer kernels only in models that import ``com.microsoft`` (measured:
-    without it the INT8 CPU model ran at 87 images/s instead of 197)."""
+    its integer kernels only in models that import ``com.microsoft`` (without
+    it the INT8 CPU model runs at half the speed: docs/measurements.md)."""
     used = {node.domain or "" for node in model.graph.node} | {"", "ai.onnx", *keep}
     kept = [o for o in model.opset_import if (o.domain or "") in used]
     del model.opset_import[:]

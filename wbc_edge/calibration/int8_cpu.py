@@ -33,13 +33,10 @@ if TYPE_CHECKING:
 #: --method -> onnxruntime.quantization.CalibrationMethod. No "entropy": quantize_static
 #: does not pass the histogram size to its entropy calibrator, whose defaults (128 bins,
 #: 128 quantized bins) leave one candidate threshold, the maximum: the very ranges of
-#: "max" (measured: identical activation ranges).
+#: "max" (docs/measurements.md).
 METHODS = {"percentile": "Percentile", "max": "MinMax"}
 CALIBRATION_BATCH = 32
 
-
-def onnxruntime_version() -> str:
-    return require("onnxruntime", "ONNX Runtime", "pip install onnxruntime").__version__
 
 
 def even_batch(count: int, largest: int) -> int:

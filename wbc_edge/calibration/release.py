@@ -38,10 +38,10 @@ from pathlib import Path
 from wbc_edge.metadata import sidecar_path
 
 from .calibrate import record_path_for
-from .compare import TARGETS
+from .compare import PARITY_TARGETS
 
 #: Shipping order: what the package needs most comes first.
-VARIANTS = ("fp32", "int8-cpu", "int8-tensorrt", "fp16")
+SHIP_ORDER = ("fp32", "int8-cpu", "int8-tensorrt", "fp16")
 BUDGET_BYTES = 50_000_000
 NAME = "default"
 
@@ -138,7 +138,7 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    paths = {v: staging / f"{NAME}.{v}.onnx" for v in VARIANTS}
+    paths = {v: staging / f"{NAME}.{v}.onnx" for v in SHIP_ORDER}
     report: dict = {"checkpoint": str(checkpoint), "data": str(data), "manifest": str(manifest), "variants": {}}
 
     def say(text: str) -> None:
@@ -182,11 +182,9 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
     say(f"calibration set: {len(calib)} training images {calib.class_counts()}")
 
     # 3. INT8: every recipe; on the validation split, keep one that meets the
-    #    targets, the fastest such (a layer kept in float runs slower: ONNX
-    #    Runtime measured 211 vs 280 images/s with the first conv and the
-    #    classifier in float, and TensorRT runs such a layer in FP32), then the
-    #    closest to FP32 by mean |delta probability| (top-1 agreement alone hardly
-    #    separates recipes on 701 images). The test split of each attempt is
+    #    targets, the fastest such (a layer kept in float runs slower on both
+    #    runtimes: docs/measurements.md), then the closest to FP32 by mean
+    #    |delta probability| (top-1 agreement alone hardly separates recipes). The test split of each attempt is
     #    recorded for the report, never used to choose.
     for variant, recipes in RECIPES.items():
         target = variant.split("-", 1)[1]
@@ -199,8 +197,8 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
                       method=recipe.method, keep_float=recipe.keep_float, num_images=n, seed=DEFAULT_SEED,
                       calibration_set=None if recipe.num_images else calib, progress=progress)
             on_val, on_test = versus_fp32(candidate, "val"), versus_fp32(candidate, "test")
-            missed = check_targets(on_val, TARGETS["int8"]["min_agreement"],
-                                   TARGETS["int8"]["max_balanced_accuracy_drop"])
+            missed = check_targets(on_val, PARITY_TARGETS["int8"]["min_agreement"],
+                                   PARITY_TARGETS["int8"]["max_balanced_accuracy_drop"])
             attempts.append({"recipe": recipe.describe(), "path": str(candidate), "val": _short(on_val),
                              "missed_on_val": missed, "test_report_only": _short(on_test)})
             say(f"{variant} [{recipe.describe()}]: val agreement {on_val['top1_agreement']:.2%}, balanced accuracy "
@@ -226,15 +224,15 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
     # 5. Test-split parity, budget, shipping.
     rows, used = [], 0
     shipped_dir_paths = {}
-    for variant in VARIANTS:
+    for variant in SHIP_ORDER:
         path = paths[variant]
         size = sum(p.stat().st_size for p in artifact_files(path))
         on_test = (versus_fp32(path, "test") if variant != "fp32"
                    else parity_report(reference["test"][0], reference["test"][0], test.labels, test.classes,
                                       reference["test"][1], reference["test"][1]))
         precision = variant.split("-")[0]
-        missed = [] if variant == "fp32" else check_targets(on_test, TARGETS[precision]["min_agreement"],
-                                                              TARGETS[precision]["max_balanced_accuracy_drop"])
+        missed = [] if variant == "fp32" else check_targets(on_test, PARITY_TARGETS[precision]["min_agreement"],
+                                                              PARITY_TARGETS[precision]["max_balanced_accuracy_drop"])
         ship = used + size <= budget_bytes
         if ship:
             used += size
@@ -251,7 +249,7 @@ def release(checkpoint: str, data: str, manifest: str, models_dir: Path, build_d
 
     # Replace the shipped set: stale variants from an earlier release must not stay behind.
     models_dir.mkdir(parents=True, exist_ok=True)
-    for variant in VARIANTS:
+    for variant in SHIP_ORDER:
         remove_artifact(models_dir / paths[variant].name)
         if shipped_dir_paths[variant]:
             move_artifact(paths[variant], models_dir)

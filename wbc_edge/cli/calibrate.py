@@ -32,15 +32,15 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from wbc_edge.calibration.calibrate import DEFAULT_METHODS, PRECISIONS, TARGETS
+    from wbc_edge.calibration.calibrate import CONVERSIONS, DEFAULT_METHODS, INT8_TARGETS
     from wbc_edge.calibration.dataset import DEFAULT_NUM_IMAGES, DEFAULT_SEED
     from wbc_edge.calibration.graph_prep import END_LAYERS
 
     parser.add_argument("--onnx", required=True, help="the FP32 ONNX model (from 'wbc-edge export')")
     parser.add_argument("--data", required=True, help="folder per class, or the root of the manifest's relative paths")
     parser.add_argument("--manifest", help="CSV with path,label,split[,sha256]: only split=train rows are used")
-    parser.add_argument("--precision", required=True, choices=PRECISIONS, help="what to make: fp16 or int8")
-    parser.add_argument("--target", choices=TARGETS, default="tensorrt", help="INT8 only: who runs the model")
+    parser.add_argument("--precision", required=True, choices=CONVERSIONS, help="what to make: fp16 or int8")
+    parser.add_argument("--target", choices=INT8_TARGETS, default="tensorrt", help="INT8 only: who runs the model")
     parser.add_argument("--method", help="INT8 calibration method; if not given: "
                         + ", ".join(f"{m} for {t}" for t, m in DEFAULT_METHODS.items()))
     parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="calibration images")

@@ -1,6 +1,6 @@
 """Export verification: the ONNX file must give PyTorch's answers on real cell images.
 
-The rule (issue 4): over the verification images, ``max |Δlogit| <= 1e-4 x
+The rule: over the verification images, ``max |Δlogit| <= 1e-4 x
 max |logit|`` and the same top-1 class on every image, or the export fails.
 The images go through the inference path (``decode_images`` and
 ``preprocess_batch`` with the model's input size and resize policy).

@@ -36,8 +36,8 @@ VARIANTS = ("fp32", "fp16", "int8-cpu", "int8-tensorrt")
 _PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-cpu": "int8", "int8-tensorrt": "int8"}
 
 # The default precision per backend, best first; the first shipped one wins.
-# onnxruntime on a CPU: INT8 for CPUs is the fastest (about 2.5x FP32 on ResNet-18
-# with VNNI) within the calibration issue's accuracy bounds; FP16 is last because
+# onnxruntime on a CPU: INT8 for CPUs is the fastest (docs/measurements.md) within
+# the INT8 parity targets; FP16 is last because
 # CPUs emulate it (slower than FP32). TensorRT: INT8, then FP16, then FP32.
 _PREFERENCE = {
     "onnxruntime": ("int8", "fp32", "fp16"),

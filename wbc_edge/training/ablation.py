@@ -28,7 +28,7 @@ from .domain_guard import fit_guard, stage_features
 from .resnet import resnet18
 from .train import TrainConfig, net_logits, train
 
-VARIANTS = {
+ABLATION_ARMS = {
     "legacy": dict(resize_policy="stretch", augment=AugmentConfig.legacy(), input_normalization="dataset"),
     "+stain/geometry/optics augmentation": dict(resize_policy="stretch", input_normalization="dataset"),
     "+cell centring": dict(resize_policy="cell_center", input_normalization="dataset"),
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     results_path = out / "ablation.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     pbc_manifest, lisc_manifest = Path(args.pbc) / "manifest.csv", Path(args.lisc) / "manifest.csv"
-    for name, options in VARIANTS.items():
+    for name, options in ABLATION_ARMS.items():
         if (args.only and name not in args.only) or name in results:
             continue
         options = dict(options)
