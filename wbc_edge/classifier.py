@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner
+from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner, options_for
 from .backends.base import BatchJob, Outputs, Runner
 from .decode import MAX_PIXELS
 from .domain_check import cell_verdict
-from .errors import MissingDependencyError, ModelMismatchError, WbcEdgeError
+from .errors import MissingDependencyError, WbcEdgeError
 from .inputs import DecodedInputs, as_sequence, check_stack, decode_inputs, is_stack
 from .metadata import ModelMetadata
 from .metrics import softmax
-from .models import resolve_model, shipped_models
+from .models import resolve_model, shipped_variant, verify_shipped
 from .prediction import Prediction
 from .preprocess import default_num_threads, preprocess_batch
 from .review import ReviewPolicy
@@ -97,7 +97,7 @@ class Classifier:
         self.batch_size = int(min(batch_size, limit) if limit else batch_size)
         self._closed = False
         self.review = review
-        self._check_outputs()
+        runner.check_outputs(where=self.model_path)
 
     # ----------------------------------------------------------------- loading
 
@@ -149,13 +149,13 @@ class Classifier:
             raise WbcEdgeError(f"TensorRT runs engines built for this GPU, not ONNX files; build one with:\n"
                                f"  wbc-edge build-engine --onnx {path} --out {path.with_suffix('.engine').name}\n"
                                "then pass the .engine file as the model")
-        options = _runner_options(chosen, precision, device, num_threads)
+        options = options_for(chosen, precision, device, num_threads)
         options.update(runner_options or {})
-        variant = _shipped_variant(path) if model is None else None
+        variant = shipped_variant(path) if model is None else None
         runner = load_runner(path, backend=chosen, **options)
         try:
             if variant is not None:
-                _verify_shipped(runner.metadata, variant)
+                verify_shipped(runner.metadata, variant)
             return cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
                        model_path=path, variant=variant, max_pixels=max_pixels)
         except BaseException:
@@ -184,17 +184,7 @@ class Classifier:
 
     @review.setter
     def review(self, policy: ReviewPolicy | Mapping[str, Any] | None) -> None:
-        classes = self.metadata.classes
-        if policy is None:
-            policy = ReviewPolicy.default_for(classes, self.metadata.extra.get("review"))
-        elif isinstance(policy, Mapping):
-            try:
-                policy = ReviewPolicy.from_dict(policy)
-            except ValueError as error:
-                raise WbcEdgeError(f"review policy: {error}") from None
-        elif not isinstance(policy, ReviewPolicy):
-            raise TypeError(f"review must be a ReviewPolicy, a dict or None, got {type(policy).__name__}")
-        self._review = policy.validate(classes)
+        self._review = ReviewPolicy.for_model(policy, self.metadata.classes, self.metadata.extra.get("review"))
 
     def describe(self) -> dict[str, Any]:
         """What is classifying: for reports and logs."""
@@ -307,21 +297,6 @@ class Classifier:
             where = self.model_path or self.runner.describe()
             raise WbcEdgeError(f"{where}: this model has no class activation maps (metadata 'cam'); "
                                "export its checkpoint again with 'wbc-edge export' (maps are on by default)")
-
-    def _check_outputs(self) -> None:
-        """Runs one blank image: the model must give one logit per class in
-        its metadata (and the first call's setup is paid here, not by the
-        first real batch)."""
-        height, width = self.metadata.input_size
-        logits = self.runner.infer(np.zeros((1, height, width, 3), np.uint8))
-        expected = (1, self.metadata.num_outputs)
-        if logits.shape != expected:
-            where = self.model_path or self.runner.describe()
-            guard = " and the domain guard's ood_score" if self.metadata.domain_guard is not None else ""
-            raise ModelMismatchError(
-                f"{where}: the model outputs {logits.shape[-1] if logits.ndim else logits.shape} values per image, "
-                f"but its metadata names {self.metadata.num_classes} classes ({', '.join(self.metadata.classes)})"
-                f"{guard}: {expected[1]} values")
 
     def _read(self, items: Sequence) -> _Chunk:
         """Decodes a group of inputs (thread pool) and, unless the runner
@@ -446,49 +421,3 @@ class Classifier:
         return results
 
 
-# --------------------------------------------------------------------- helpers
-
-def _runner_options(backend: str, precision: str | None, device: str | None,
-                    num_threads: int | None) -> dict[str, Any]:
-    """Keyword arguments for the chosen backend's runner."""
-    if backend == "onnxruntime":
-        options: dict[str, Any] = {"num_threads": num_threads}
-        if device is not None:
-            kind, _, index = device.partition(":")
-            if kind == "cpu":
-                options["providers"] = ["CPUExecutionProvider"]
-            elif kind == "cuda" and index in ("", "0"):
-                options["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            else:
-                raise WbcEdgeError(f"device {device!r}: the onnxruntime backend runs on 'cpu' or 'cuda' (GPU 0)")
-        return options
-    if backend == "torch":
-        if precision == "int8":
-            raise WbcEdgeError("the torch backend runs fp32 or fp16; INT8 runs on onnxruntime (the int8-cpu model) "
-                               "or TensorRT (an engine built from the int8-tensorrt model)")
-        options = {"device": device or "cpu"}
-        if precision is not None:
-            options["half"] = precision == "fp16"
-        return options
-    return {} if device is None else {"device": device}
-
-
-def _shipped_variant(path: Path) -> str | None:
-    where = os.path.abspath(path)  # not resolve(): a variant may be a link to another file
-    for variant, shipped in shipped_models().items():
-        if os.path.abspath(shipped.path) == where:
-            return variant
-    return None
-
-
-def _verify_shipped(meta: ModelMetadata, variant: str) -> None:
-    """A shipped variant must say the precision its name says, and mean the
-    same as the FP32 reference (classes, input size, normalization)."""
-    shipped = shipped_models()
-    expected = shipped[variant].precision
-    if meta.precision != expected:
-        raise ModelMismatchError(f"{shipped[variant].path}: the {variant} model's metadata says precision "
-                                 f"{meta.precision}, expected {expected}; reinstall wbc-edge")
-    if variant != "fp32" and "fp32" in shipped:
-        meta.check_compatible(ModelMetadata.load(shipped["fp32"].metadata_path),
-                              what=f"{shipped[variant].path} vs the fp32 model")

@@ -72,6 +72,22 @@ class ReviewPolicy:
         return cls(always_review=frozenset(c for c in DEFAULT_ALWAYS_REVIEW if c in classes))
 
     @classmethod
+    def for_model(cls, policy: ReviewPolicy | Mapping[str, Any] | None, classes: Sequence[str],
+                  model_defaults: Mapping[str, Any] | None = None) -> ReviewPolicy:
+        """``policy`` (a ReviewPolicy, its dict, or None for the model's
+        default) checked against the model's classes; WbcEdgeError for a bad one."""
+        if policy is None:
+            policy = cls.default_for(classes, model_defaults)
+        elif isinstance(policy, Mapping):
+            try:
+                policy = cls.from_dict(policy)
+            except ValueError as error:
+                raise WbcEdgeError(f"review policy: {error}") from None
+        elif not isinstance(policy, cls):
+            raise TypeError(f"review must be a ReviewPolicy, a dict or None, got {type(policy).__name__}")
+        return policy.validate(classes)
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReviewPolicy:
         unknown = set(data) - {"threshold", "class_thresholds", "always_review"}
         if unknown:

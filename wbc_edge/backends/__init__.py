@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import MissingDependencyError, WbcEdgeError
 from ..installed import has
@@ -64,3 +65,30 @@ def library_available(backend: str) -> bool:
 def install_hint(backend: str) -> str:
     """The command that installs a backend's library."""
     return _REGISTRY[backend][3]
+
+
+def options_for(backend: str, precision: str | None, device: str | None,
+                num_threads: int | None) -> dict[str, Any]:
+    """Keyword arguments for a backend's runner from ``Classifier.load``'s
+    choices (precision, device, threads), or WbcEdgeError for a combination
+    the backend cannot run."""
+    if backend == "onnxruntime":
+        options: dict[str, Any] = {"num_threads": num_threads}
+        if device is not None:
+            kind, _, index = device.partition(":")
+            if kind == "cpu":
+                options["providers"] = ["CPUExecutionProvider"]
+            elif kind == "cuda" and index in ("", "0"):
+                options["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            else:
+                raise WbcEdgeError(f"device {device!r}: the onnxruntime backend runs on 'cpu' or 'cuda' (GPU 0)")
+        return options
+    if backend == "torch":
+        if precision == "int8":
+            raise WbcEdgeError("the torch backend runs fp32 or fp16; INT8 runs on onnxruntime (the int8-cpu model) "
+                               "or TensorRT (an engine built from the int8-tensorrt model)")
+        options = {"device": device or "cpu"}
+        if precision is not None:
+            options["half"] = precision == "fp16"
+        return options
+    return {} if device is None else {"device": device}

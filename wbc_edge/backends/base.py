@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..errors import ModelMismatchError
 from ..metadata import ModelMetadata
 
 #: A batch's outputs by name (``metadata.output_columns``): "logits", and
@@ -112,6 +113,22 @@ class Runner(ABC):
         for job in jobs:
             images = job.fill(None) if job.count else None
             yield job, None if images is None or not len(images) else split_outputs(self.metadata, self.infer(images))
+
+    def check_outputs(self, where: object = None) -> None:
+        """Runs one blank image: the model must give the values per image its
+        metadata names (and the first call's setup is paid here, not by the
+        first real batch). ModelMismatchError otherwise."""
+        height, width = self.metadata.input_size
+        rows = self.infer(np.zeros((1, height, width, 3), np.uint8))
+        expected = (1, self.metadata.num_outputs)
+        if rows.shape != expected:
+            meta = self.metadata
+            guard = " and the domain guard's ood_score" if meta.domain_guard is not None else ""
+            cam = " and the class activation maps" if meta.cam is not None else ""
+            raise ModelMismatchError(
+                f"{where or self.describe()}: the model outputs {rows.shape[-1] if rows.ndim else rows.shape} values "
+                f"per image, but its metadata names {meta.num_classes} classes ({', '.join(meta.classes)})"
+                f"{guard}{cam}: {expected[1]} values")
 
     def close(self) -> None:
         """Frees what the runner holds (sessions, device memory). Idempotent."""

@@ -26,7 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import WbcEdgeError
+from ..errors import ModelMismatchError, WbcEdgeError
+from ..metadata import ModelMetadata
 
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_NAME = "default"
@@ -214,3 +215,25 @@ def _no_default_model() -> WbcEdgeError:
         f"no default model is shipped in this install ({MODELS_DIR} holds no default.<variant>.onnx with its "
         f".json); reinstall wbc-edge, or pass a model file (--model PATH, Classifier.load(model=...))"
     )
+
+
+def shipped_variant(path: str | os.PathLike) -> str | None:
+    """The shipped variant at ``path`` (None: not a shipped model)."""
+    where = os.path.abspath(path)  # not resolve(): a variant may be a link to another file
+    for variant, shipped in shipped_models().items():
+        if os.path.abspath(shipped.path) == where:
+            return variant
+    return None
+
+
+def verify_shipped(meta: ModelMetadata, variant: str) -> None:
+    """A shipped variant must say the precision its name says, and mean the
+    same as the FP32 reference (classes, input size, normalization)."""
+    shipped = shipped_models()
+    expected = shipped[variant].precision
+    if meta.precision != expected:
+        raise ModelMismatchError(f"{shipped[variant].path}: the {variant} model's metadata says precision "
+                                 f"{meta.precision}, expected {expected}; reinstall wbc-edge")
+    if variant != "fp32" and "fp32" in shipped:
+        meta.check_compatible(ModelMetadata.load(shipped["fp32"].metadata_path),
+                              what=f"{shipped[variant].path} vs the fp32 model")
