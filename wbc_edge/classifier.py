@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .backends import BACKENDS, backend_for, install_hint, library_available, load_runner, options_for
+from .backends import BACKENDS, backend_for, install_hint, is_model_url, library_available, load_runner, options_for
 from .backends.base import BatchJob, Outputs, Runner
 from .decode import MAX_PIXELS
 from .domain_check import cell_verdict
@@ -110,8 +110,10 @@ class Classifier:
 
         Args:
             model: a model file (``.onnx``, TensorRT ``.engine``/``.plan``, or a
-                PyTorch checkpoint ``.pt``) with its metadata; None: the
-                shipped default model (see :mod:`wbc_edge.models`).
+                PyTorch checkpoint ``.pt``) with its metadata; a model on a
+                Triton server, ``grpc://host:8001/name`` or
+                ``http://host:8000/name`` (:mod:`wbc_edge.backends.triton`);
+                None: the shipped default model (see :mod:`wbc_edge.models`).
             backend: ``"auto"`` (by the file: an engine runs on TensorRT, ONNX
                 on onnxruntime, a checkpoint on torch), or one of
                 ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``.
@@ -137,8 +139,9 @@ class Classifier:
                 combination (the message says what to run instead).
             ModelMismatchError, MetadataError: the model and its metadata disagree.
         """
-        if backend != "auto" and backend not in BACKENDS:
-            raise WbcEdgeError(f"unknown backend {backend!r}; choose 'auto' or one of {', '.join(BACKENDS)}")
+        if backend != "auto" and backend not in (*BACKENDS, "triton"):
+            raise WbcEdgeError(f"unknown backend {backend!r}; choose 'auto' or one of {', '.join(BACKENDS)}, "
+                               "or name a model on a Triton server (grpc://host:8001/name)")
         if precision is not None and precision not in ("fp32", "fp16", "int8"):
             raise WbcEdgeError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
         if backend != "auto" and not library_available(backend):
@@ -157,7 +160,7 @@ class Classifier:
             if variant is not None:
                 verify_shipped(runner.metadata, variant)
             return cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
-                       model_path=path, variant=variant, max_pixels=max_pixels)
+                       model_path=None if is_model_url(path) else path, variant=variant, max_pixels=max_pixels)
         except BaseException:
             runner.close()
             raise

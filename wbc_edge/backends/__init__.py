@@ -22,6 +22,8 @@ _REGISTRY = {
     "tensorrt": ("tensorrt", "TensorRTRunner", "tensorrt", "pip install 'wbc-edge[tensorrt]' (and an NVIDIA GPU and driver)"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeRunner", "onnxruntime", "pip install onnxruntime"),
     "torch": ("torch", "TorchRunner", "torch", "pip install 'wbc-edge[torch]'"),
+    # a model on a Triton Inference Server: grpc://host:8001/name, http://host:8000/name
+    "triton": ("triton", "TritonRunner", "tritonclient", "pip install 'wbc-edge[triton]'"),
 }
 
 # artifact suffix -> backend that runs it
@@ -29,11 +31,18 @@ _BY_SUFFIX = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime"
 
 
 def backend_for(path: str | os.PathLike) -> str:
-    """The backend that runs an artifact, from its file name."""
+    """The backend that runs an artifact, from its file name (or URL: Triton)."""
+    if is_model_url(path):
+        return "triton"
     suffix = Path(path).suffix.lower()
     if suffix not in _BY_SUFFIX:
         raise WbcEdgeError(f"{path}: unknown model type '{suffix}'; expected one of {sorted(_BY_SUFFIX)}")
     return _BY_SUFFIX[suffix]
+
+
+def is_model_url(model) -> bool:
+    """Whether ``model`` names a model on a Triton server (``grpc://``, ``http://``, ``https://``)."""
+    return isinstance(model, str) and "://" in model and model.split("://", 1)[0].lower() in ("grpc", "http", "https")
 
 
 def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Runner:
@@ -91,4 +100,9 @@ def options_for(backend: str, precision: str | None, device: str | None,
         if precision is not None:
             options["half"] = precision == "fp16"
         return options
+    if backend == "triton":
+        if device is not None or precision is not None:
+            raise WbcEdgeError("a model on a Triton server runs where and as the server runs it: "
+                               "--device and --precision do not apply (export another variant with export-triton)")
+        return {}
     return {} if device is None else {"device": device}

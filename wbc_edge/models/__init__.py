@@ -120,6 +120,9 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
     be given unless ``model`` is a PyTorch checkpoint (whose FP16 is computed at
     run time): an ONNX model or engine has its precision built in.
 
+    ``model`` a URL (``grpc://host:8001/name``, ``http://...``): returned as
+    it is, for the Triton backend.
+
     ``model=None``: the shipped variant for ``precision`` on ``backend``
     (``auto`` and ``onnxruntime``: the ONNX variants; ``tensorrt``: an engine
     must be built first, and the error says how).
@@ -127,6 +130,8 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
     Raises:
         WbcEdgeError: saying what is missing and the command that makes it.
     """
+    if isinstance(model, str) and model.split("://", 1)[0].lower() in ("grpc", "http", "https") and "://" in model:
+        return model  # a model on a Triton server (wbc_edge.backends.triton): passed through as it is
     if model is not None:
         path = Path(model)
         if not path.exists():
