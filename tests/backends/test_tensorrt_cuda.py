@@ -5,6 +5,7 @@ batch pipeline (with a PyTorch computation standing in for the engine)."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,24 +135,16 @@ def test_pipeline_batches_match_numpy(cuda, torch_cuda):
             np.testing.assert_allclose(pipeline.run(images), _expected(images), rtol=1e-5)
         # Overlapped: batch k+1 is filled while batch k runs; outputs come back in order.
         batches = [rng.integers(0, 256, (n, 32, 24, 3), dtype=np.uint8) for n in (5, 64, 1, 33, 17, 64, 2)]
-        jobs = ((len(b), lambda out, b=b: np.copyto(out, b)) for b in batches)
-        for got, images in zip(pipeline.map(jobs), batches):
+        jobs = [SimpleNamespace(count=len(b), fill=lambda out, b=b: (np.copyto(out, b), out)[1]) for b in batches]
+        for (job, got), images in zip(pipeline.map(jobs), batches):
+            assert job.count == len(images)
             np.testing.assert_allclose(got, _expected(images), rtol=1e-5)
-        # Step by step: two batches in flight, then a third reservation is refused, not a deadlock.
-        first, second = pipeline.reserve(3), pipeline.reserve(4)
-        with pytest.raises(RuntimeError, match="held by this thread"):
-            pipeline.reserve(1)
-        first.inputs[...] = 10
-        second.inputs[...] = 20
-        pipeline.submit(first)
-        pipeline.submit(second)
-        assert np.all(pipeline.collect(second) == 20) and np.all(pipeline.collect(first) == 10)
-        with pytest.raises(ValueError, match="1 to 64"):
-            pipeline.reserve(65)
+        with pytest.raises(ValueError, match="0 to 64"):
+            pipeline.run(np.zeros((65, 32, 24, 3), np.uint8))
     finally:
         pipeline.close()
     with pytest.raises(RuntimeError, match="closed"):
-        pipeline.reserve(1)
+        pipeline.run(np.zeros((1, 32, 24, 3), np.uint8))
 
 
 def test_pipeline_threads_share_slots(cuda, torch_cuda):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wbc_edge.backends.base import BatchJob
 from wbc_edge.errors import ModelMismatchError
 from wbc_edge.metadata import ModelMetadata
 from wbc_edge.preprocess import preprocess_batch
@@ -146,17 +147,50 @@ def test_pipeline_fills_pinned_buffers_in_place(engines, images, cell_images):
     meta = ModelMetadata.load(MODELS / "default.fp32.json")
     chunks = [cell_images[i:i + 50] for i in range(0, len(cell_images), 50)]
     with TensorRTRunner(engines["fp32"]) as runner:
-        expected = runner.infer(images)
-        jobs = ((len(chunk), lambda out, c=chunk: preprocess_batch(c, size=meta.input_size, out=out,
-                                                                    policy=meta.resize_policy))
+        expected = runner.infer(images)[:, :meta.num_classes]
+        jobs = (BatchJob(len(chunk), lambda out, c=chunk: preprocess_batch(c, size=meta.input_size, out=out,
+                                                                            policy=meta.resize_policy))
                 for chunk in chunks)
-        got = np.concatenate(list(runner.pipeline(jobs)))
-        batch = runner.reserve(3)
-        preprocess_batch(cell_images[:3], size=meta.input_size, out=batch.inputs, policy=meta.resize_policy)
-        runner.submit(batch)
-        first_three = runner.collect(batch)
+        got = np.concatenate([outputs["logits"] for _, outputs in runner.run_batches(jobs)])
     np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())
-    np.testing.assert_allclose(first_three, expected[:3], atol=1e-3 * np.abs(expected).max())
+
+
+def test_engine_with_min_batch_4_takes_batches_of_1_3_and_5(build_dir, images):
+    from wbc_edge.backends.tensorrt import TensorRTRunner
+    from wbc_edge.export.build_engine import build_engine
+
+    engine = build_dir / "cells.min4.engine"
+    build_engine(MODELS / "default.fp32.onnx", engine, min_batch=4, opt_batch=8, max_batch=16, progress=None)
+    with TensorRTRunner(engine) as runner:
+        whole = runner.infer(images[:16])
+        for count in (1, 3, 5):
+            np.testing.assert_allclose(runner.infer(images[:count]), whole[:count], atol=1e-3 * np.abs(whole).max())
+
+
+def test_two_runners_opened_and_closed_in_both_orders(engines, images):
+    from wbc_edge.backends.tensorrt import TensorRTRunner
+
+    for first in (0, 1):
+        runners = [TensorRTRunner(engines["fp32"]), TensorRTRunner(engines["fp32"])]
+        runners[first].close()
+        with runners[1 - first] as survivor:
+            assert survivor.infer(images[:4]).shape[0] == 4
+
+
+def test_network_precision_is_each_shipped_model_s(engines):
+    import tensorrt as trt
+
+    from wbc_edge.backends.tensorrt import shared_logger
+    from wbc_edge.export.build_engine import network_flags, network_precision
+
+    for precision, name in VARIANTS.items():
+        if not (MODELS / name).is_file():
+            continue
+        builder = trt.Builder(shared_logger(trt))
+        network = builder.create_network(network_flags(trt))
+        parser = trt.OnnxParser(network, shared_logger(trt))
+        assert parser.parse((MODELS / name).read_bytes(), str(MODELS / name))
+        assert network_precision(trt, network) == precision
 
 
 def test_cuda_graph_replay_matches(engines, images):

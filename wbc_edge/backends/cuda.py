@@ -9,7 +9,8 @@ is called, so ``import wbc_edge`` stays light.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class CudaError(WbcEdgeError, RuntimeError):
     def __init__(self, call: str, code, hint: str = ""):
         self.call = call
         self.code = code
+        self.hint = hint
         self.name, self.text = _describe_error(code)
         super().__init__(f"{call} failed: {self.name} ({self.text}){hint}")
 
@@ -101,9 +103,40 @@ class DeviceInfo:
         return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
 
 
+class NoDriverError(CudaError):
+    """No NVIDIA driver at all (cudaDriverGetVersion gives 0)."""
+
+    def __init__(self):
+        self.call, self.code, self.hint = "cudaDriverGetVersion", None, NO_DEVICE_HINT
+        self.name, self.text = "no driver", "no NVIDIA driver is installed"
+        WbcEdgeError.__init__(self, f"{self.text} (cudaDriverGetVersion reports none){NO_DEVICE_HINT}")
+
+
+def driver_version() -> int:
+    """The CUDA version the NVIDIA driver supports (12080: 12.8); 0 when there is no driver."""
+    return int(check(cudart().cudaDriverGetVersion(), "cudaDriverGetVersion"))
+
+
+def _driver_hint(driver: int) -> str:
+    """What to install when the driver is older than cuda-python's CUDA."""
+    runtime = int(check(cudart().cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+    major, minor = driver // 1000, driver % 1000 // 10
+    return (f"; the NVIDIA driver supports CUDA {major}.{minor} and cuda-python is built for CUDA "
+            f"{runtime // 1000}.{runtime % 1000 // 10}: update the driver, or install the wheels built for CUDA "
+            f"{major}: pip install 'cuda-bindings=={major}.*' (and TensorRT's tensorrt-cu{major} packages)")
+
+
 def device_count() -> int:
-    """Visible CUDA devices; CudaError (with a hint) when there is no driver."""
-    return int(check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount"))
+    """Visible CUDA devices. NoDriverError when no driver is installed;
+    CudaError saying which wheels match when the driver is too old."""
+    rt = cudart()
+    driver = driver_version()  # first: with no driver, cudaGetDeviceCount says "insufficient driver"
+    if not driver:
+        raise NoDriverError()
+    err, count = rt.cudaGetDeviceCount()
+    if err != rt.cudaError_t.cudaSuccess and _describe_error(err)[0] == "cudaErrorInsufficientDriver":
+        raise CudaError("cudaGetDeviceCount", err, _driver_hint(driver))
+    return int(check((err, count), "cudaGetDeviceCount"))
 
 
 def parse_device(device) -> int:
@@ -133,7 +166,7 @@ def device_info(index: int = 0) -> DeviceInfo:
         name=str(name).strip(),
         compute_capability=(int(prop.major), int(prop.minor)),
         total_memory=int(prop.totalGlobalMem),
-        driver_version=int(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+        driver_version=driver_version(),
         runtime_version=int(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
     )
 
@@ -152,12 +185,32 @@ def memory_info() -> tuple[int, int]:
 # --- memory ----------------------------------------------------------------
 
 
+class _HostMemory:
+    """``cudaMallocHost`` memory, owned by the numpy arrays that view it: it is
+    freed when the last of them goes (or at once by :meth:`release`), so no
+    view can outlive it."""
+
+    def __init__(self, nbytes: int):
+        self.ptr = int(check(cudart().cudaMallocHost(nbytes), f"cudaMallocHost({nbytes} bytes)"))
+        self.__array_interface__ = {"data": (self.ptr, False), "shape": (nbytes,), "typestr": "|u1", "version": 3}
+
+    def release(self) -> None:
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # the interpreter may be shutting down
+            self.release()
+
+
 class PinnedBuffer:
     """Page-locked host memory (``cudaMallocHost``) seen as a numpy array.
 
     Copies from pinned memory run asynchronously at full bus speed, and the C++
     preprocessing writes straight into ``array`` (``preprocess_batch(out=...)``).
-    The array is valid until :meth:`free`; do not keep views past that.
+    Every view of ``array`` keeps the memory alive: :meth:`free` frees it at
+    once when no view is left, else when the last one goes.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype):
@@ -166,15 +219,16 @@ class PinnedBuffer:
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         if self.nbytes <= 0:
             raise ValueError(f"pinned buffer of shape {self.shape} is empty")
-        self.ptr = int(check(cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes} bytes)"))
-        raw = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
-        self.array = np.frombuffer(raw, dtype=np.uint8).view(self.dtype).reshape(self.shape)
+        self._memory: _HostMemory | None = _HostMemory(self.nbytes)
+        self.ptr = self._memory.ptr
+        self.array = np.asarray(self._memory).view(self.dtype).reshape(self.shape)
 
     def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
-            self.array = None
-            check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
+        memory, self._memory = self._memory, None
+        self.ptr, self.array = 0, None
+        # Only this frame holds it now (no view is left): free it here, where a failure can be reported.
+        if memory is not None and sys.getrefcount(memory) <= 2:
+            memory.release()
 
 
 class DeviceBuffer:
@@ -239,11 +293,13 @@ class Stream:
 
 
 class Event:
-    """A CUDA event without timing (cheapest to record and wait on)."""
+    """A CUDA event without timing (cheapest to record and wait on), whose
+    synchronize() sleeps instead of spinning a CPU core for the GPU's time."""
 
     def __init__(self):
         rt = cudart()
-        self._event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreateWithFlags")
+        flags = rt.cudaEventDisableTiming | rt.cudaEventBlockingSync
+        self._event = check(rt.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
 
     def record(self, stream: Stream) -> None:
         check(cudart().cudaEventRecord(self._event, stream.handle), "cudaEventRecord")

@@ -2,17 +2,26 @@
 host fills the pinned buffer of batch k+1.
 
 A :class:`BatchPipeline` owns ``slots`` sets of {pinned input, pinned output,
-device input, device output, stream, done-event}. A batch goes through
+device input, device output, stream, done-event}. :meth:`BatchPipeline.map`
+takes batch jobs (``job.count``, ``job.fill(out)``: see
+:class:`wbc_edge.backends.base.BatchJob`) and, for each, in a free slot:
 
-    batch = pipeline.reserve(n)       # a free slot; batch.inputs is its pinned input, (n, ...)
-    fill(batch.inputs)                # e.g. preprocess_batch(images, out=batch.inputs)
-    pipeline.submit(batch)            # H2D copy, launch(slot, n), D2H copy: all async on the slot's stream
-    outputs = pipeline.collect(batch) # waits for that slot only; returns a copy and frees the slot
+    rows = job.fill(slot's pinned input[:count])  # e.g. preprocess_batch(images, out=...)
+    H2D copy, launch(slot, n), D2H copy, event      # all queued on the slot's stream
+    ...                                             # the next job is filled meanwhile
+    wait for the slot's event; yield (job, outputs) # a copy; the slot is free again
 
 ``launch(slot, n)`` enqueues the computation (for TensorRT: ``execute_async_v3``)
 on ``slot.stream`` reading ``slot.device_input`` and writing ``slot.device_output``.
-Slots are handed out under a lock, so several threads may run batches at once
-(one slot, one stream, one execution context each).
+Only the rows ``fill`` returned are run and copied back; a batch smaller than
+``min_batch`` (an engine's smallest profile shape) is padded with zero images
+whose outputs are dropped.
+
+Several threads may map jobs through one pipeline at once (one slot, one
+stream each): the rule that keeps them from waiting on each other forever is
+written once, in :meth:`BatchPipeline._acquire`. :meth:`BatchPipeline.close`
+waits for the calls in progress in other threads, then for the GPU, then frees
+everything.
 """
 
 from __future__ import annotations
@@ -21,11 +30,19 @@ import collections
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from . import cuda
+
+
+class Job(Protocol):
+    """What :meth:`BatchPipeline.map` needs of a job (base.BatchJob has it)."""
+
+    count: int
+
+    def fill(self, out: np.ndarray | None) -> np.ndarray | None: ...
 
 
 @dataclass(eq=False)
@@ -44,15 +61,15 @@ class Slot:
 
 
 class Batch:
-    """A reserved slot for ``count`` items. Fill ``inputs`` (pinned memory,
-    valid until the batch is collected or released), then submit it."""
+    """A slot reserved by one thread for ``capacity`` rows."""
 
-    __slots__ = ("count", "inputs", "owner", "slot", "state")
+    __slots__ = ("count", "inputs", "owner", "rows", "slot", "state")
 
-    def __init__(self, slot: Slot, count: int):
+    def __init__(self, slot: Slot, capacity: int):
         self.slot = slot
-        self.count = count
-        self.inputs = slot.host_input.array[:count]
+        self.inputs = slot.host_input.array[:capacity]
+        self.count = 0   # real rows, copied back
+        self.rows = 0    # rows run (count, or padded up to min_batch)
         self.state = "reserved"
         self.owner = threading.get_ident()
 
@@ -62,22 +79,24 @@ Launch = Callable[[Slot, int], None]
 
 class BatchPipeline:
     def __init__(self, launch: Launch, *, max_batch: int, input_shape: tuple[int, ...], input_dtype,
-                 output_shape: tuple[int, ...], output_dtype, slots: int = 2, device: int = 0):
+                 output_shape: tuple[int, ...], output_dtype, slots: int = 2, device: int = 0, min_batch: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not 1 <= min_batch <= max_batch:
+            raise ValueError(f"min_batch must be 1..{max_batch}, got {min_batch}")
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         self.launch = launch
-        self.max_batch = int(max_batch)
+        self.max_batch, self.min_batch = int(max_batch), int(min_batch)
         self.device = int(device)
         self._input_item = int(np.prod(input_shape, dtype=np.int64)) * np.dtype(input_dtype).itemsize
         self._output_item = int(np.prod(output_shape, dtype=np.int64)) * np.dtype(output_dtype).itemsize
         self._cond = threading.Condition()
         self._busy: dict[int, Batch] = {}
-        self._threads = threading.local()
+        self._active = 0  # threads inside a submit or collect: close() waits for them
         self._closed = False
         self.slots: list[Slot] = []
-        self._use_device()
+        cuda.set_device(self.device)
         try:
             for index in range(slots):
                 self.slots.append(self._make_slot(index, input_shape, input_dtype, output_shape, output_dtype))
@@ -108,119 +127,173 @@ class BatchPipeline:
     def num_slots(self) -> int:
         return len(self.slots)
 
-    def _use_device(self) -> None:
-        # The current device is per host thread in CUDA: set it once per thread.
-        if getattr(self._threads, "device", None) != self.device:
-            cuda.set_device(self.device)
-            self._threads.device = self.device
+    # --- running ---------------------------------------------------------------
 
-    # --- one batch -----------------------------------------------------------
+    def map(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, np.ndarray | None]]:
+        """Each job with its output rows (a copy; None when ``fill`` gave no
+        rows or the job has count 0), in job order. Filling batch k+1 overlaps
+        the GPU work of batch k (up to ``num_slots`` batches in flight). If a
+        job fails, or the consumer stops early, every slot this call holds is
+        given back (after the GPU is done with it) before the error surfaces."""
+        pending: collections.deque[tuple[Job, Batch | None]] = collections.deque()
+        try:
+            for job in jobs:
+                count = int(job.count)
+                if not 1 <= count <= self.max_batch and count:
+                    raise ValueError(f"a batch job holds 0 to {self.max_batch} items, got {count}")
+                batch = None
+                if count:
+                    batch = yield from self._acquire(max(count, self.min_batch), pending)
+                    batch = self._fill_and_submit(job, count, batch)
+                pending.append((job, batch))
+                while pending and pending[0][1] is None:  # nothing to wait for: answered at once, in order
+                    yield pending.popleft()
+            while pending:
+                yield self._answer(pending.popleft())
+        finally:
+            while pending:  # the consumer stopped early or a job failed
+                batch = pending.popleft()[1]
+                if batch is not None:
+                    try:
+                        self._release(batch)
+                    except Exception:
+                        pass  # the error that stopped the run is the one to report
 
-    def reserve(self, count: int, timeout: float | None = None) -> Batch:
-        """A free slot for ``count`` items (1..max_batch); waits while all are
-        busy in other threads. Raises instead of waiting forever when this
-        thread itself holds every slot (collect one first)."""
-        batch = self._reserve(count, block=True, timeout=timeout)
-        assert batch is not None
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """One batch of at most ``max_batch`` items, copied into pinned memory and run."""
+
+        class _Copy:
+            count = len(inputs)
+
+            @staticmethod
+            def fill(out):
+                np.copyto(out, inputs, casting="no")
+                return out
+
+        [(_, outputs)] = self.map([_Copy()])
+        return outputs
+
+    def _acquire(self, capacity: int, pending: collections.deque) -> Iterator[tuple[Job, np.ndarray | None]]:
+        """A free slot (returned by ``yield from``), yielding this thread's own
+        finished batches while there is none.
+
+        The one rule that keeps threads sharing the pipeline from waiting on
+        each other forever: never wait for a slot while holding one. While this
+        thread holds batches it collects its oldest instead of waiting; only
+        when it holds none does it wait (for slots that other threads, following
+        the same rule, will give back)."""
+        while True:
+            holding = any(batch is not None for _, batch in pending)
+            batch = self._reserve(capacity, block=not holding)
+            if batch is not None:
+                return batch
+            yield self._answer(pending.popleft())
+
+    def _fill_and_submit(self, job: Job, count: int, batch: Batch) -> Batch | None:
+        """Fills the batch's pinned input through ``job.fill`` and starts it; None
+        (the slot given back) when fill gives no rows."""
+        try:
+            rows = job.fill(batch.inputs[:count])
+            n = 0 if rows is None else len(rows)
+            if not n:
+                self._release(batch)
+                return None
+            if n > count:
+                raise ValueError(f"a batch job's fill returned {n} rows, more than its count {count}")
+            if not _is_start_of(rows, batch.inputs):  # filled elsewhere: into the pinned buffer now
+                np.copyto(batch.inputs[:n], rows, casting="no")
+            run = max(n, self.min_batch)
+            if run > n:  # below the engine's smallest batch: padded with zero images, their outputs dropped
+                batch.inputs[n:run] = 0
+            self._submit(batch, n, run)
+        except BaseException:
+            self._release(batch)
+            raise
         return batch
 
-    def _reserve(self, count: int, block: bool, timeout: float | None = None) -> Batch | None:
-        if not 1 <= count <= self.max_batch:
-            raise ValueError(f"a batch holds 1 to {self.max_batch} items, got {count}")
+    def _answer(self, entry: tuple[Job, Batch | None]) -> tuple[Job, np.ndarray | None]:
+        job, batch = entry
+        return job, None if batch is None else self._collect(batch)
+
+    # --- one batch -------------------------------------------------------------
+
+    def _reserve(self, capacity: int, block: bool) -> Batch | None:
+        """A free slot; None when there is none and ``block`` is False. Raises
+        instead of waiting forever when this thread itself holds every slot."""
         me = threading.get_ident()
         with self._cond:
             while True:
                 self._check_open()
                 free = [slot for slot in self.slots if slot.index not in self._busy]
                 if free:
-                    batch = Batch(free[0], count)
+                    batch = Batch(free[0], capacity)
                     self._busy[batch.slot.index] = batch
                     return batch
                 if not block:
                     return None
                 if all(batch.owner == me for batch in self._busy.values()):
-                    raise RuntimeError(f"all {self.num_slots} batch buffers are held by this thread: "
-                                       "collect() or release() one before reserving another")
-                if not self._cond.wait(timeout):
-                    raise TimeoutError(f"no free batch buffer within {timeout} s")
+                    raise RuntimeError(f"all {self.num_slots} batch buffers are held by this thread (a batch "
+                                       "run not finished): finish or close it before starting another")
+                self._cond.wait()
 
-    def submit(self, batch: Batch) -> None:
-        """Enqueues copy in, ``launch``, copy out on the slot's stream; returns at once."""
-        self._expect(batch, "reserved")
-        self._use_device()
-        slot, count = batch.slot, batch.count
-        try:
-            cuda.copy_to_device(slot.device_input, slot.host_input, count * self._input_item, slot.stream)
-            self.launch(slot, count)
+    def _submit(self, batch: Batch, count: int, rows: int) -> None:
+        """Queues copy in, ``launch``, copy out and the event on the slot's stream."""
+        with self._working(batch, "reserved"):
+            cuda.set_device(self.device)  # CUDA's current device is per thread
+            slot = batch.slot
+            batch.count, batch.rows = count, rows
+            batch.state = "submitted"  # from here on, work may be queued: giving it back waits for it
+            cuda.copy_to_device(slot.device_input, slot.host_input, rows * self._input_item, slot.stream)
+            self.launch(slot, rows)
             cuda.copy_to_host(slot.host_output, slot.device_output, count * self._output_item, slot.stream)
             slot.done.record(slot.stream)
-        except BaseException:
-            self._abandon(batch)
-            raise
-        batch.state = "submitted"
 
-    def collect(self, batch: Batch) -> np.ndarray:
-        """Waits for the batch and returns its outputs (a copy); frees the slot."""
-        self._expect(batch, "submitted")
+    def _collect(self, batch: Batch) -> np.ndarray:
+        """Waits for the batch's event and returns its outputs (a copy); the
+        slot is free afterwards, whatever happens."""
         try:
-            batch.slot.done.synchronize()
-            outputs = batch.slot.host_output.array[:batch.count].copy()
+            with self._working(batch, "submitted"):
+                batch.slot.done.synchronize()
+                outputs = batch.slot.host_output.array[:batch.count].copy()
         except BaseException:
-            self._abandon(batch)
+            self._release(batch)
             raise
         self._free(batch)
         return outputs
 
-    def release(self, batch: Batch) -> None:
-        """Gives back a batch that will not be collected (waits if it was submitted)."""
-        if batch.state == "free":
-            return
-        self._abandon(batch)
-
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """One synchronous batch: copies ``inputs`` into pinned memory and runs it."""
-        batch = self.reserve(len(inputs))
-        try:
-            np.copyto(batch.inputs, inputs, casting="no")
-        except BaseException:
-            self.release(batch)
-            raise
-        self.submit(batch)
-        return self.collect(batch)
-
-    def map(self, jobs: Iterable[tuple[int, Callable[[np.ndarray], object]]]) -> Iterator[np.ndarray]:
-        """For each ``(count, fill)``: ``fill(view)`` writes ``count`` inputs into
-        pinned memory; yields the outputs in order. Filling batch k+1 overlaps
-        the GPU work of batch k (up to ``num_slots`` batches in flight)."""
-        pending: collections.deque[Batch] = collections.deque()
-        try:
-            for count, fill in jobs:
-                # Never wait for a slot while holding one: two threads doing that would wait on each other.
-                batch = self._reserve(count, block=False)
-                while batch is None and pending:
-                    yield self.collect(pending.popleft())
-                    batch = self._reserve(count, block=False)
-                if batch is None:
-                    batch = self.reserve(count)
-                try:
-                    fill(batch.inputs)
-                except BaseException:
-                    self.release(batch)
-                    raise
-                self.submit(batch)
-                pending.append(batch)
-            while pending:
-                yield self.collect(pending.popleft())
-        finally:
-            while pending:  # the consumer stopped early or a job failed
-                self.release(pending.popleft())
+    def _release(self, batch: Batch) -> None:
+        """Gives a slot back, after the work queued on its stream (if any) is done."""
+        if batch.state == "submitted":
+            try:
+                cuda.set_device(self.device)
+                batch.slot.stream.synchronize()
+            finally:
+                self._free(batch)
+        elif batch.state == "reserved":
+            self._free(batch)
 
     # --- bookkeeping -----------------------------------------------------------
 
-    def _expect(self, batch: Batch, state: str) -> None:
-        if batch.state != state or self._busy.get(batch.slot.index) is not batch:
-            raise RuntimeError(f"batch is {batch.state}, expected {state}")
-        self._check_open()
+    class _Section:
+        def __init__(self, pipeline: BatchPipeline):
+            self.pipeline = pipeline
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            with self.pipeline._cond:
+                self.pipeline._active -= 1
+                self.pipeline._cond.notify_all()
+
+    def _working(self, batch: Batch, state: str) -> _Section:
+        """Enters a submit or collect (counted: close() waits for it to end)."""
+        with self._cond:
+            self._check_open()
+            if batch.state != state or self._busy.get(batch.slot.index) is not batch:
+                raise RuntimeError(f"batch is {batch.state}, expected {state}")
+            self._active += 1
+        return self._Section(self)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -228,32 +301,40 @@ class BatchPipeline:
 
     def _free(self, batch: Batch) -> None:
         with self._cond:
-            batch.state = "free"
-            batch.inputs = None
             if self._busy.get(batch.slot.index) is batch:
                 del self._busy[batch.slot.index]
-            self._cond.notify()
-
-    def _abandon(self, batch: Batch) -> None:
-        # Work may still be queued on the stream: wait for it before the slot is reused.
-        try:
-            batch.slot.stream.synchronize()
-        finally:
-            self._free(batch)
+            batch.state = "free"
+            batch.inputs = None
+            self._cond.notify_all()
 
     def synchronize(self) -> None:
         """Waits for every slot's stream."""
+        cuda.set_device(self.device)
         for slot in self.slots:
             slot.stream.synchronize()
 
-    def close(self) -> None:
-        """Waits for queued work, then frees every buffer, event and stream."""
+    def stop(self) -> None:
+        """Refuses new batches, waits for the submits and collects in progress
+        in other threads, then for the GPU. Batches still held (a run that was
+        not finished) are given up. Idempotent; close() frees the resources."""
         with self._cond:
-            if self._closed:
-                return
             self._closed = True
-            self._cond.notify_all()
-        self._free_slots()
+            self._cond.notify_all()  # threads waiting for a slot: the pipeline is closed
+            while self._active:
+                self._cond.wait()
+            for batch in self._busy.values():
+                batch.state, batch.inputs = "closed", None
+            self._busy.clear()
+        if self.slots:
+            self.synchronize()
+
+    def close(self) -> None:
+        """stop(), then frees every buffer, event and stream (on the pipeline's
+        device, whichever thread calls it). Idempotent."""
+        try:
+            self.stop()
+        finally:
+            self._free_slots()
 
     def _free_slots(self) -> None:
         resources = []
@@ -261,8 +342,16 @@ class BatchPipeline:
             resources += [_Synchronize(slot.stream), slot.done, slot.device_output, slot.device_input,
                           slot.host_output, slot.host_input, slot.stream]
         self.slots = []
-        self._busy.clear()
-        cuda.release_all(resources)
+        if resources:
+            cuda.set_device(self.device)
+            cuda.release_all(resources)
+
+
+def _is_start_of(rows: np.ndarray, buffer: np.ndarray) -> bool:
+    """Whether ``rows`` is ``buffer[:len(rows)]`` itself (filled in place)."""
+    return (isinstance(rows, np.ndarray) and rows.dtype == buffer.dtype and rows.shape[1:] == buffer.shape[1:]
+            and rows.flags.c_contiguous
+            and rows.__array_interface__["data"][0] == buffer.__array_interface__["data"][0])
 
 
 class _Synchronize:

@@ -64,6 +64,7 @@ class EngineRecord:
     version_compatible: bool = False  # runnable by later TensorRT and by tensorrt_lean
     exclude_lean_runtime: bool = False  # the plan does not carry its own lean runtime
     hardware_compatibility: str = "none"  # one of HARDWARE_LEVELS
+    profiles: int = 1                 # identical optimization profiles: batches the runtime may run at once
     engine_sha256: str | None = None
     workspace_mb: int | None = None
     build_seconds: float | None = None
@@ -74,6 +75,8 @@ class EngineRecord:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise MetadataError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                                 f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+        if isinstance(self.profiles, bool) or not isinstance(self.profiles, int) or self.profiles < 1:
+            raise MetadataError(f"profiles must be a positive integer, got {self.profiles!r}")
         if self.hardware_compatibility not in HARDWARE_LEVELS:
             raise MetadataError(f"hardware_compatibility must be one of {sorted(HARDWARE_LEVELS)}, "
                                 f"got {self.hardware_compatibility!r}")
@@ -285,6 +288,9 @@ def missing_for(purpose: str) -> list[str]:
         try:
             if cuda.device_count() < 1:
                 missing.append("an NVIDIA GPU (the driver sees none)")
+        except cuda.NoDriverError:
+            missing.append("an NVIDIA GPU and its driver (no driver is installed: nvidia-smi would show it)")
         except cuda.CudaError as error:
-            missing.append(f"an NVIDIA GPU with its driver (CUDA says {error.name}: {error.text})")
+            which = "" if error.hint == cuda.NO_DEVICE_HINT else error.hint  # e.g. the wheels that fit the driver
+            missing.append(f"an NVIDIA GPU with its driver (CUDA says {error.name}: {error.text}{which})")
     return missing

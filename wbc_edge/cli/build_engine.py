@@ -69,6 +69,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hardware-compatible", nargs="?", const="ampere+", default="none",
                         choices=("none", "ampere+", "same-cc"),
                         help="run on other GPUs: ampere+ (the default when given alone) or same-cc")
+    parser.add_argument("--profiles", type=int, default=2, metavar="N",
+                        help="identical optimization profiles, one per batch the runtime keeps in flight "
+                             "(TensorRT runs one execution context per profile at a time)")
     parser.add_argument("--device", type=int, default=0, metavar="N", help="the GPU to build on")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -81,7 +84,7 @@ def run(args) -> int:
         args.onnx, args.out, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
         workspace_mb=getattr(args, "workspace_mb", None), timing_cache=getattr(args, "timing_cache", None),
         version_compatible=args.version_compatible, exclude_lean_runtime=args.exclude_lean_runtime,
-        hardware_compatible=args.hardware_compatible, device=args.device,
+        hardware_compatible=args.hardware_compatible, device=args.device, profiles=args.profiles,
         progress=None if args.quiet else sys.stderr)
     record = meta.tensorrt
     size_mb = Path(args.out).stat().st_size / 2**20
@@ -93,5 +96,6 @@ def run(args) -> int:
     print(f"metadata {sidecar_path(args.out)}")
     print(f"runs on  TensorRT {record['version']}, {record['gpu_name']} (compute capability "
           f"{record['compute_capability']}){', ' + ', '.join(flags) if flags else ''}")
-    print(f"batches  {record['min_batch']}..{record['max_batch']}, fastest at {record['opt_batch']}")
+    print(f"batches  {record['min_batch']}..{record['max_batch']}, fastest at {record['opt_batch']}; "
+          f"{record['profiles']} in flight at once")
     return 0

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from wbc_edge.atomic import check_outputs, write_atomic
 from wbc_edge.backends import cuda
-from wbc_edge.backends.tensorrt import import_tensorrt, make_logger, start_tensorrt
+from wbc_edge.backends.tensorrt import DEFAULT_SLOTS, import_tensorrt, shared_logger, start_tensorrt
 from wbc_edge.backends.tensorrt_compat import (
     HARDWARE_LEVELS,
     INSTALL_TENSORRT,
@@ -55,9 +57,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                  opt_batch: int = 64, max_batch: int = 256, workspace_mb: int | None = None,
                  timing_cache: str | os.PathLike | None = None, version_compatible: bool = False,
                  exclude_lean_runtime: bool = False, hardware_compatible: str = "none", device: int = 0,
-                 progress: TextIO | None = sys.stderr) -> ModelMetadata:
+                 profiles: int = DEFAULT_SLOTS, progress: TextIO | None = sys.stderr) -> ModelMetadata:
     """Builds ``engine_path`` and its JSON (``model.engine`` -> ``model.json``)
     from a wbc-edge ONNX model; returns the engine's metadata.
+
+    ``profiles`` identical optimization profiles: one per batch the runtime
+    keeps in flight (TensorRT forbids concurrent execution contexts on one
+    profile); the timing cache makes the copies cheap to build.
 
     Raises:
         BuildRequirementsError: no TensorRT, cuda-python or GPU here.
@@ -67,10 +73,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     cache_path = Path(timing_cache) if timing_cache else None
     _check_arguments(onnx_path, engine_path, min_batch, opt_batch, max_batch, workspace_mb,
-                     version_compatible, exclude_lean_runtime, hardware_compatible)
+                     version_compatible, exclude_lean_runtime, hardware_compatible, profiles)
     check_outputs({"--out": engine_path, "the engine's metadata": sidecar_path(engine_path),
                    "--timing-cache": cache_path}, [onnx_path], make_parents=True)
     meta = onnx_metadata(onnx_path)
+    refuse_cpu_int8(onnx_path, meta)
     missing = missing_for("build")
     if missing:
         raise BuildRequirementsError(missing)
@@ -83,10 +90,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                            f"{gpu.name} (compute capability {gpu.compute_capability_str})")
 
     started = time.monotonic()
-    logger = make_logger(trt)
-    builder = start_tensorrt(trt.Builder, logger, "builder")
+    logger = shared_logger(trt)  # the one logger of the process; each step reports the errors since its mark
+    builder = start_tensorrt(trt.Builder, trt, "builder")
+    mark = logger.mark()
     network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
+    if network is None:
+        raise EngineBuildError(f"TensorRT could not create a network: {logger.errors_since(mark)}")
+    parser = start_tensorrt(lambda logger: trt.OnnxParser(network, logger), trt, "ONNX parser")
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the model:\n"
                                + parser_errors(parser))
@@ -100,12 +110,14 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     height, width = meta.input_size
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, (min_batch, height, width, 3), (opt_batch, height, width, 3),
-                      (max_batch, height, width, 3))
-    if config.add_optimization_profile(profile) < 0:
-        raise EngineBuildError(f"TensorRT refused the batch profile {min_batch}/{opt_batch}/{max_batch}: "
-                               f"{logger.last_errors()}")
+    for _ in range(profiles):  # identical: one per execution context that runs concurrently
+        mark = logger.mark()
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, (min_batch, height, width, 3), (opt_batch, height, width, 3),
+                          (max_batch, height, width, 3))
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineBuildError(f"TensorRT refused the batch profile {min_batch}/{opt_batch}/{max_batch}: "
+                                   f"{logger.errors_since(mark)}")
     cache = attach_timing_cache(trt, config, cache_path, progress)  # must stay alive until the build ends
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
@@ -118,12 +130,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                                    f"{trt.__version__}")
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
 
+    mark = logger.mark()
     with build_progress(trt, config, progress) as line:
         plan = builder.build_serialized_network(network, config)
         if line is not None:
             line.finish("done" if plan is not None else "failed")
     if plan is None:
-        raise EngineBuildError(f"TensorRT {trt.__version__} could not build the engine: {logger.last_errors()}")
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not build the engine: {logger.errors_since(mark)}")
     if cache_path is not None:
         _write_atomic(cache_path, config.get_timing_cache().serialize())
     del cache  # only now: the config used it until here
@@ -134,7 +147,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, input_name=input_name,
         output_name=output_name, version_compatible=version_compatible,
         exclude_lean_runtime=exclude_lean_runtime, hardware_compatibility=hardware_compatible,
-        engine_sha256=hashlib.sha256(plan).hexdigest(), workspace_mb=workspace_mb,
+        profiles=profiles, engine_sha256=hashlib.sha256(plan).hexdigest(), workspace_mb=workspace_mb,
         build_seconds=round(time.monotonic() - started, 1))
     engine_meta = engine_metadata(meta, onnx_path, record)
     engine_meta.save(sidecar_path(engine_path))
@@ -152,7 +165,7 @@ def engine_metadata(onnx_meta: ModelMetadata, onnx_path: Path, record: EngineRec
 
 
 def _check_arguments(onnx_path: Path, engine_path: Path, min_batch, opt_batch, max_batch, workspace_mb,
-                     version_compatible, exclude_lean_runtime, hardware_compatible) -> None:
+                     version_compatible, exclude_lean_runtime, hardware_compatible, profiles=1) -> None:
     if not onnx_path.is_file():
         raise WbcEdgeError(f"{onnx_path}: ONNX model not found")
     if engine_path.suffix.lower() not in ENGINE_SUFFIXES:
@@ -166,6 +179,8 @@ def _check_arguments(onnx_path: Path, engine_path: Path, min_batch, opt_batch, m
             or not 1 <= min_batch <= opt_batch <= max_batch:
         raise WbcEdgeError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min {min_batch}, "
                            f"opt {opt_batch}, max {max_batch}")
+    if not isinstance(profiles, int) or isinstance(profiles, bool) or not 1 <= profiles <= 8:
+        raise WbcEdgeError(f"profiles must be 1 to 8 (one per batch in flight), got {profiles!r}")
     if workspace_mb is not None and workspace_mb < 1:
         raise WbcEdgeError(f"workspace must be at least 1 MiB, got {workspace_mb}")
     if exclude_lean_runtime and not version_compatible:
@@ -237,16 +252,58 @@ def _check_network(trt, network, meta: ModelMetadata, onnx_path: Path) -> tuple[
     return tensor_in.name, tensor_out.name
 
 
+#: the layers whose output type is the precision the network computes in
+#: (constants and casts only store or convert: weights kept as float16 and cast
+#: to float32 are an FP32 network)
+COMPUTE_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
+
+
 def network_precision(trt, network) -> str:
-    """``int8`` if the graph quantizes (Q/DQ), ``fp16`` if it computes in half
-    precision, else ``fp32``: what the strongly typed engine will run."""
+    """``int8`` if the graph quantizes (Q/DQ), ``fp16`` if its compute layers
+    (convolutions, matrix multiplies) produce half precision, else ``fp32``:
+    what the strongly typed engine will run."""
+    compute = {getattr(trt.LayerType, name) for name in COMPUTE_LAYERS}
     half = False
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         if layer.type == trt.LayerType.QUANTIZE:
             return "int8"
-        half = half or any(layer.get_output(k).dtype == trt.DataType.HALF for k in range(layer.num_outputs))
+        if layer.type in compute:
+            half = half or any(layer.get_output(k).dtype == trt.DataType.HALF for k in range(layer.num_outputs))
     return "fp16" if half else "fp32"
+
+
+def refuse_cpu_int8(onnx_path: Path, meta: ModelMetadata) -> None:
+    """Refuses an INT8 model quantized for onnxruntime on the CPU (asymmetric
+    uint8 with zero points): TensorRT takes only symmetric int8 Q/DQ, and its
+    parser would fail deep inside with no hint of the right file."""
+    target = (meta.quantization or {}).get("target")
+    asymmetric = target == "cpu" or _has_uint8_quantization(onnx_path)
+    if asymmetric:
+        raise WbcEdgeError(
+            f"{onnx_path} is an INT8 model for the CPU (onnxruntime: asymmetric uint8 quantization), which "
+            "TensorRT cannot build; build from the TensorRT INT8 model instead: default.int8-tensorrt.onnx, "
+            f"or make one with 'wbc-edge calibrate --onnx MODEL.fp32.onnx --precision int8 --target tensorrt ...'")
+
+
+def _has_uint8_quantization(onnx_path: Path) -> bool:
+    """Whether the graph's Q/DQ nodes use uint8 or non-zero zero points (needs onnx; False without it)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return False
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+            return True
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 \
+                and node.input[2] in initializers:
+            zero_point = numpy_helper.to_array(initializers[node.input[2]])
+            if zero_point.dtype == np.uint8 or zero_point.any():
+                return True
+    return False
 
 
 def attach_timing_cache(trt, config, path: Path | None, progress: TextIO | None):

@@ -58,7 +58,10 @@ def make_monitor(trt, line: ProgressLine):
     """A ``trt.IProgressMonitor`` drawing the builder's phases on ``line``.
 
     TensorRT calls it from its own threads, so every callback takes a lock,
-    and none may raise (an exception cannot cross back into TensorRT).
+    and none may raise (an exception cannot cross back into TensorRT). Ctrl-C
+    arrives in a callback (the only Python code running during a build): it is
+    caught there, cancels the build (``step_complete`` answers False), and is
+    raised again once the build has returned (``interrupted``).
     """
 
     class Monitor(trt.IProgressMonitor):
@@ -67,23 +70,36 @@ def make_monitor(trt, line: ProgressLine):
             self._phases: dict[str, list] = {}  # name -> [step, steps, parent]
             self._lock = threading.Lock()
             self.cancelled = False
+            self.interrupted = False
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            with self._lock:
-                self._phases[phase_name] = [0, max(int(num_steps), 1), parent_phase]
-                self._draw(force=parent_phase is None)
+            try:
+                with self._lock:
+                    self._phases[phase_name] = [0, max(int(num_steps), 1), parent_phase]
+                    self._draw(force=parent_phase is None)
+            except KeyboardInterrupt:
+                self._interrupt()
 
         def step_complete(self, phase_name, step):
-            with self._lock:
-                if phase_name in self._phases:
-                    self._phases[phase_name][0] = int(step) + 1
-                self._draw()
+            try:
+                with self._lock:
+                    if phase_name in self._phases:
+                        self._phases[phase_name][0] = int(step) + 1
+                    self._draw()
+            except KeyboardInterrupt:
+                self._interrupt()
             return not self.cancelled  # False asks TensorRT to stop the build
 
         def phase_finish(self, phase_name):
-            with self._lock:
-                self._phases.pop(phase_name, None)
-                self._draw()
+            try:
+                with self._lock:
+                    self._phases.pop(phase_name, None)
+                    self._draw()
+            except KeyboardInterrupt:
+                self._interrupt()
+
+        def _interrupt(self):
+            self.cancelled = self.interrupted = True
 
         def _draw(self, force: bool = False):
             try:
@@ -112,6 +128,8 @@ def build_progress(trt, config, stream: TextIO | None):
                 config.progress_monitor = None
             except TypeError:  # a binding that does not take None: the monitor simply stays attached
                 pass
+        if monitor.interrupted:  # Ctrl-C during the build: TensorRT stopped; now the user's interrupt
+            raise KeyboardInterrupt
         return
     stop = threading.Event()  # TensorRT before 10.0: an elapsed-time ticker
 
