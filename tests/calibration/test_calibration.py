@@ -263,7 +263,11 @@ def test_end_layers_are_found_by_structure(fp32_model):
     nodes = {n.name: n for n in model.graph.node}
     assert nodes[ends["first-conv"]].op_type == "Conv" and nodes[ends["classifier"]].op_type == "Gemm"
     assert graph_prep.excluded_nodes(model, ["classifier"]) == [ends["classifier"], *graph_prep.float_output_nodes(model)]
-    assert {n.split("/")[1] for n in graph_prep.float_output_nodes(model)} == {"cam"}  # this model has no guard
+    # this model has no guard: the maps' nodes, and the Concat that joins them to the logits
+    floats = graph_prep.float_output_nodes(model)
+    assert {n.split("/")[1] for n in floats} == {"cam", "Concat"}
+    join = nodes[next(n for n in floats if n.startswith("/Concat"))]
+    assert join.op_type == "Concat" and join.output[0] == model.graph.output[0].name
 
 
 # --- the shipped variants -----------------------------------------------------------------------
@@ -345,3 +349,23 @@ def test_shipped_calibration_records_hold_training_images_only():
         assert len(hashes) == len(record["images"])
         assert not hashes & sample_test and not hashes & full_test
         assert record["source"]["sha256"] == sha256_of(shipped("fp32"))
+
+
+@skip_unless_shipped("fp32", "int8-cpu")
+def test_shipped_int8_cpu_keeps_the_extra_outputs_in_float():
+    """The guard's score and the maps leave the INT8 graph as float32, close
+    to FP32's: the output is not one quantized tensor shared with the logits."""
+    from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
+
+    model = onnx.load(str(shipped("int8-cpu")))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert producer[model.graph.output[0].name].op_type == "Concat"
+    images, _, _ = sample_batch(ModelMetadata.load(MODELS / "default.fp32.json").input_size)
+    with OnnxRuntimeRunner(shipped("fp32")) as a, OnnxRuntimeRunner(shipped("int8-cpu")) as b:
+        columns = a.metadata.output_columns
+        reference, quantized = a.infer(images), b.infer(images)
+    if "ood_score" in columns:
+        score = columns["ood_score"]
+        assert np.median(np.abs(reference[:, score] - quantized[:, score])) < 0.05 * np.median(reference[:, score])
+        assert len(np.unique(quantized[:, score])) > len(images) // 2  # not a few quantization steps
+

@@ -68,8 +68,16 @@ GUARD_SCOPE, CAM_SCOPE = "/guard/", "/cam/"
 def float_output_nodes(model: onnx.ModelProto) -> list[str]:
     """The extra outputs' nodes, always kept in float: the domain guard's
     distances compare against a threshold fitted in float32, and the
-    activation maps are an explanation, not worth a quantization error."""
-    return [n.name for n in model.graph.node if n.name.startswith((GUARD_SCOPE, CAM_SCOPE))]
+    activation maps are an explanation, not worth a quantization error. So is
+    the node that joins the heads into the model's one output (a Concat):
+    quantized, the logits, the score and the maps would share one scale, set
+    by the largest of them, and the logits and the score lose their precision."""
+    heads = [n.name for n in model.graph.node if n.name.startswith((GUARD_SCOPE, CAM_SCOPE))]
+    if not heads:
+        return []
+    outputs = {o.name for o in model.graph.output}
+    joins = [n.name for n in model.graph.node if n.op_type == "Concat" and outputs.intersection(n.output)]
+    return heads + joins
 
 
 def end_layers(model: onnx.ModelProto) -> dict[str, str]:
