@@ -25,6 +25,7 @@ COMMANDS = {
     "calibrate": ("calibrate", "make FP16 or INT8 (calibrated) ONNX models"),
     "compare": ("compare", "compare two models on the same labelled images"),
     "build-engine": ("build_engine", "compile an ONNX model into a TensorRT engine"),
+    "export-triton": ("export_triton", "write a Triton Inference Server model repository (ONNX Runtime and TensorRT)"),
     "review": ("review", "review a report's cells on a local web page, correct them and sign off"),
 }
 
