@@ -199,3 +199,42 @@ def start_server(repository: Path, workdir: Path, timeout: float = 90.0) -> Trit
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"tritonserver was not ready within {timeout:.0f} s:\n{server.log()[-4000:]}")
+
+
+def tiny_model(folder: Path, name: str = "tiny") -> Path:
+    """A small wbc-edge ONNX model with a domain guard and activation maps:
+    uint8 [N, 16, 16, 3] -> per-channel means -> one linear layer -> one output
+    tensor ``scores`` with 3 logits | ood_score | 3x2x2 maps (16 columns), its
+    metadata embedded and beside it. Fast to load and to serve."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from wbc_edge.metadata import ONNX_METADATA_KEY, ModelMetadata
+
+    meta = ModelMetadata(classes=["blast", "band", "smudge"], input_size=(16, 16), mean=(0.5, 0.5, 0.5),
+                         std=(0.25, 0.25, 0.25), temperature=1.5, name="tiny-guarded",
+                         domain_guard={"method": "test", "threshold": 120.0}, cam={"shape": [3, 2, 2], "layer": "test"})
+    columns = meta.num_outputs
+    rng = np.random.default_rng(7)
+    weights = rng.normal(0, 1, (3, columns)).astype(np.float32)
+    bias = rng.normal(0, 1, (columns,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["pixels_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels_f"], ["means"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["means", "weights"], ["product"]),
+        helper.make_node("Add", ["product", "bias"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 16, 16, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", columns])],
+        [onnx.numpy_helper.from_array(weights, "weights"), onnx.numpy_helper.from_array(bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key=ONNX_METADATA_KEY, value=meta.to_json())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    onnx.save(model, str(path))
+    meta.save(path.with_suffix(".json"))
+    return path
