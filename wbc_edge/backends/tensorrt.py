@@ -61,6 +61,13 @@ DEFAULT_SLOTS = 2
 #: API-conformance test checks that each one really is gone from 11.x.
 TENSORRT_10_FALLBACKS = frozenset({"ICudaEngine.device_memory_size"})
 
+#: members some supported version lacks -> what the code uses there instead
+#: (it picks with hasattr); checked against every version's API manifest
+TENSORRT_ALTERNATIVES = {
+    "ICudaEngine.device_memory_size_v2": "ICudaEngine.device_memory_size",    # 10.0: v1 only; 11.x: v2 only
+    "IExecutionContext.set_device_memory": "IExecutionContext.device_memory",  # 10.0: the address alone
+}
+
 log = logging.getLogger("wbc_edge.tensorrt")
 
 

@@ -16,6 +16,7 @@ on ONNX Runtime's CPU execution provider: no GPU needed.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,13 @@ def quantize_int8_tensorrt(model: onnx.ModelProto, images: np.ndarray, method: s
         return onnx.load(str(out))
 
 
+def exclusion_patterns(names: Sequence[str]) -> list[str]:
+    """ModelOpt's ``nodes_to_exclude`` for exactly these node names: it matches
+    each entry as a regular expression from the start of a name, so a bare
+    ``conv1`` would also exclude ``conv10`` (and ``.`` matches anything)."""
+    return [re.escape(name) + "$" for name in names]
+
+
 def _quantize_file(source: str, data: str, out: str, method: str, exclude_nodes: list[str],
                    high_precision: str) -> None:
     """ModelOpt PTQ of the ONNX file ``source`` into ``out`` (runs in the child process)."""
@@ -89,7 +97,7 @@ def _quantize_file(source: str, data: str, out: str, method: str, exclude_nodes:
         # One calibration step = a batch of images, not ModelOpt's default batch of 1.
         calibration_shapes=f"{name}:{batch}x{height}x{width}x{channels}",
         calibration_eps=["cpu"],
-        nodes_to_exclude=exclude_nodes,
+        nodes_to_exclude=exclusion_patterns(exclude_nodes),
         high_precision_dtype=high_precision,
         dq_only=True,
         output_path=out,

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=INT8_TARGETS, default="tensorrt", help="INT8 only: who runs the model")
     parser.add_argument("--method", help="INT8 calibration method; if not given: "
                         + ", ".join(f"{m} for {t}" for t, m in DEFAULT_METHODS.items()))
-    parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="calibration images")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help=f"calibration images (default: 2048 for int8 --target tensorrt, {DEFAULT_NUM_IMAGES} otherwise)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the stratified draw")
     parser.add_argument("--keep-float", nargs="+", choices=END_LAYERS, default=[], metavar="LAYER",
                         help=f"INT8 only: layers kept in float ({', '.join(END_LAYERS)})")
