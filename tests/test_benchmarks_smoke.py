@@ -307,35 +307,28 @@ def test_torch_backend_cuda_fp16_pinned_streams(shipped_fp32_checkpoint, sample_
 
 @pytest.mark.gpu
 def test_torch_backend_cuda_batch_protocol(shipped_fp32_checkpoint, sample_batch, sample_paths):
-    """reserve/submit/collect on CUDA: batches in flight at once give what
-    infer gives; a thread holding every slot is told so instead of hanging;
-    the Classifier, which uses the protocol, labels real cells as the CPU does."""
+    """run_batches on CUDA: jobs filled into pinned memory while the GPU runs
+    the previous one give what infer gives, in order; the Classifier labels
+    real cells as the CPU does."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (PyTorch sees none here)")
+    from wbc_edge.backends.base import BatchJob
     from wbc_edge.backends.torch import TorchRunner
     from wbc_edge.classifier import Classifier
 
+    def job(images):
+        return BatchJob(len(images), lambda out: (np.copyto(out, images), out)[1], context=images)
+
     with TorchRunner(shipped_fp32_checkpoint, device="cuda", streams=2) as gpu:
+        assert gpu.fills_input_memory and not hasattr(gpu, "reserve")
         expected = gpu.infer(sample_batch)
-        first = gpu.reserve(len(sample_batch))
-        np.copyto(first.inputs, sample_batch)
-        gpu.submit(first)
-        second = gpu.reserve(4)
-        second.inputs[:] = sample_batch[:4]
-        gpu.submit(second)
-        with pytest.raises(TimeoutError):
-            gpu.reserve(1, timeout=0)
-        with pytest.raises(RuntimeError, match="held by this thread"):
-            gpu.reserve(1)
-        np.testing.assert_allclose(gpu.collect(first), expected, atol=2e-2, rtol=1e-2)
-        np.testing.assert_allclose(gpu.collect(second), expected[:4], atol=2e-2, rtol=1e-2)
-        spare = gpu.reserve(2)
-        gpu.release(spare)
-        gpu.release(spare)  # idempotent
-        with pytest.raises(RuntimeError, match="free"):
-            gpu.submit(spare)
+        parts = [sample_batch, sample_batch[:4], sample_batch[:1], sample_batch]
+        for (done, outputs), images in zip(gpu.run_batches(job(p) for p in parts), parts):
+            assert done.context is images
+            np.testing.assert_allclose(outputs["logits"], expected[:len(images), :outputs["logits"].shape[1]],
+                                       atol=2e-2, rtol=1e-2)
     paths = per_class(sample_paths, 2)
     with Classifier.load(shipped_fp32_checkpoint, backend="torch", device="cpu") as cpu, \
             Classifier.load(shipped_fp32_checkpoint, backend="torch", device="cuda", batch_size=5) as cuda:

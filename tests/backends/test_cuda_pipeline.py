@@ -135,7 +135,7 @@ class _WatchedCondition(threading.Condition):
 
     def wait(self, timeout=None):
         me = threading.get_ident()
-        held = [b.slot.index for b in self.pipeline._busy.values() if b.owner == me]
+        held = [b.slot.index for b in self.pipeline._busy.values() if b is not None and b.owner == me]
         if held:
             self.violations.append(f"thread {me} waits while holding slots {held}")
         self.waits += 1

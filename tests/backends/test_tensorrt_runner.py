@@ -31,7 +31,9 @@ from wbc_edge.metadata import ModelMetadata
 pytestmark = pytest.mark.pipeline
 
 MODELS = Path(__file__).resolve().parents[2] / "wbc_edge" / "models"
-SHAPE = (128, 128, 3)
+META = ModelMetadata.load(MODELS / "default.fp32.json")
+SHAPE = (*META.input_size, 3)
+OUTPUTS = META.num_outputs
 
 
 @pytest.fixture()
@@ -39,7 +41,7 @@ def engine(tmp_path, fake_cudart, monkeypatch):
     """make(**profile) -> (engine path, fake tensorrt module), the module installed as TensorRT."""
     def make(plan: bytes = b"plan", min_batch=1, opt_batch=4, max_batch=8, profiles=2, **options):
         trt = make_tensorrt(fake_cudart, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                            profiles=profiles, **options)
+                            profiles=profiles, height=SHAPE[0], width=SHAPE[1], outputs=OUTPUTS, **options)
         monkeypatch.setattr(trt_backend, "import_tensorrt", lambda runtime="full": trt)
         path = tmp_path / "cells.engine"
         path.write_bytes(plan)
@@ -47,7 +49,7 @@ def engine(tmp_path, fake_cudart, monkeypatch):
                               min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, profiles=profiles,
                               engine_sha256=hashlib.sha256(plan).hexdigest())
         onnx = MODELS / "default.fp32.onnx"
-        engine_metadata(ModelMetadata.load(MODELS / "default.fp32.json"), onnx, record).save(path.with_suffix(".json"))
+        engine_metadata(META, onnx, record).save(path.with_suffix(".json"))
         return path, trt
 
     return make
@@ -57,7 +59,7 @@ def _images(rng, n: int) -> np.ndarray:
     return rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8)
 
 
-def _expected(images: np.ndarray, outputs: int = 137) -> np.ndarray:
+def _expected(images: np.ndarray, outputs: int = OUTPUTS) -> np.ndarray:
     return (images.reshape(len(images), -1).mean(1, dtype=np.float64)[:, None] + np.arange(outputs)).astype(np.float32)
 
 
@@ -94,8 +96,9 @@ def test_run_batches_fills_pinned_memory_and_answers_in_order(engine, fake_cudar
             if job.context is None:
                 assert outputs is None
                 continue
-            assert set(outputs) == {"logits", "ood_score", "cam"} and outputs["logits"].shape == (len(job.context), 8)
-            rows = np.concatenate([outputs["logits"], outputs["ood_score"], outputs["cam"]], 1)
+            assert set(outputs) == set(META.output_columns)
+            assert outputs["logits"].shape == (len(job.context), META.num_classes)
+            rows = np.concatenate([outputs[name] for name in META.output_columns], 1)
             np.testing.assert_allclose(rows, _expected(job.context), rtol=1e-6)
         pinned = [out for out in given if out is not None]
         assert len(given) == len(pinned) + 1  # only the job over max_batch was filled on the host
@@ -126,7 +129,7 @@ def test_the_next_batch_is_filled_while_the_gpu_runs_the_previous(engine, fake_c
     with trt_backend.TensorRTRunner(path) as runner:
         for job_, outputs in runner.run_batches(job(_images(rng, 4)) for _ in range(5)):
             handed.append(job_)
-            np.testing.assert_allclose(outputs["logits"], _expected(job_.context)[:, :8], rtol=1e-6)
+            np.testing.assert_allclose(outputs["logits"], _expected(job_.context)[:, :META.num_classes], rtol=1e-6)
     # each job k+1 is filled while job k is on the GPU: launched, not yet answered
     assert seen == [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)]
 
@@ -138,9 +141,9 @@ def test_infer_pads_below_the_profile_minimum(engine, fake_cudart):
         for n in (1, 3, 5, 12):
             images = _images(rng, n)
             got = runner.infer(images)
-            assert got.shape == (n, 137)
+            assert got.shape == (n, OUTPUTS)
             np.testing.assert_allclose(got, _expected(images), rtol=1e-6)
-        assert runner.infer(np.zeros((0, *SHAPE), np.uint8)).shape == (0, 137)
+        assert runner.infer(np.zeros((0, *SHAPE), np.uint8)).shape == (0, OUTPUTS)
     assert [n for _, n in trt.executions] == [4, 4, 5, 8, 4]
 
 

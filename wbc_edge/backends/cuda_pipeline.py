@@ -61,13 +61,13 @@ class Slot:
 
 
 class Batch:
-    """A slot reserved by one thread for ``capacity`` rows."""
+    """A slot reserved by one thread, ``inputs`` its host memory for the rows."""
 
     __slots__ = ("count", "inputs", "owner", "rows", "slot", "state")
 
-    def __init__(self, slot: Slot, capacity: int):
+    def __init__(self, slot, inputs: np.ndarray):
         self.slot = slot
-        self.inputs = slot.host_input.array[:capacity]
+        self.inputs = inputs
         self.count = 0   # real rows, copied back
         self.rows = 0    # rows run (count, or padded up to min_batch)
         self.state = "reserved"
@@ -77,57 +77,53 @@ class Batch:
 Launch = Callable[[Slot, int], None]
 
 
-class BatchPipeline:
-    def __init__(self, launch: Launch, *, max_batch: int, input_shape: tuple[int, ...], input_dtype,
-                 output_shape: tuple[int, ...], output_dtype, slots: int = 2, device: int = 0, min_batch: int = 1):
-        if max_batch < 1:
+class SlotPipeline:
+    """The scheduling of batch jobs over a fixed set of slots (streams with
+    their buffers), for any GPU library: jobs in, ``(job, outputs)`` out, in
+    order, slots handed out under one lock. Subclasses say how a slot's host
+    memory is found and how a batch is started, waited for and read back."""
+
+    def __init__(self, *, max_batch: int | None, min_batch: int = 1):
+        if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        if not 1 <= min_batch <= max_batch:
+        if not 1 <= min_batch <= (max_batch or min_batch):
             raise ValueError(f"min_batch must be 1..{max_batch}, got {min_batch}")
-        if slots < 1:
-            raise ValueError(f"slots must be at least 1, got {slots}")
-        self.launch = launch
-        self.max_batch, self.min_batch = int(max_batch), int(min_batch)
-        self.device = int(device)
-        self._input_item = int(np.prod(input_shape, dtype=np.int64)) * np.dtype(input_dtype).itemsize
-        self._output_item = int(np.prod(output_shape, dtype=np.int64)) * np.dtype(output_dtype).itemsize
+        self.max_batch, self.min_batch = max_batch, int(min_batch)
         self._cond = threading.Condition()
         self._busy: dict[int, Batch] = {}
         self._active = 0  # threads inside a submit or collect: close() waits for them
         self._closed = False
-        self.slots: list[Slot] = []
-        cuda.set_device(self.device)
-        try:
-            for index in range(slots):
-                self.slots.append(self._make_slot(index, input_shape, input_dtype, output_shape, output_dtype))
-        except BaseException:
-            self._free_slots()
-            raise
+        self.slots: list = []
 
-    def _make_slot(self, index, input_shape, input_dtype, output_shape, output_dtype) -> Slot:
-        made = []
+    # --- what a subclass provides ----------------------------------------------
 
-        def keep(resource):
-            made.append(resource)
-            return resource
+    def _inputs(self, slot, capacity: int) -> np.ndarray:
+        """The slot's host memory for ``capacity`` input rows."""
+        raise NotImplementedError
 
-        try:
-            stream = keep(cuda.Stream())
-            host_input = keep(cuda.PinnedBuffer((self.max_batch, *input_shape), input_dtype))
-            host_output = keep(cuda.PinnedBuffer((self.max_batch, *output_shape), output_dtype))
-            device_input = keep(cuda.DeviceBuffer(host_input.nbytes))
-            device_output = keep(cuda.DeviceBuffer(host_output.nbytes))
-            done = keep(cuda.Event())
-        except BaseException:
-            cuda.release_all(reversed(made))  # what was made before the failure
-            raise
-        return Slot(index, stream, host_input, host_output, device_input, device_output, done)
+    def _start(self, batch: Batch) -> None:
+        """Queues the batch's work (``batch.rows`` in, ``batch.count`` out) on its slot's stream."""
+        raise NotImplementedError
+
+    def _wait(self, batch: Batch) -> np.ndarray:
+        """Waits for the batch's work; its outputs (a copy)."""
+        raise NotImplementedError
+
+    def _drain(self, slot) -> None:
+        """Waits for everything queued on the slot's stream."""
+        raise NotImplementedError
+
+    def _free_slots(self) -> None:
+        """Frees the slots' resources (after stop())."""
+        self.slots = []
+
+    # --- running ---------------------------------------------------------------
 
     @property
     def num_slots(self) -> int:
         return len(self.slots)
 
-    # --- running ---------------------------------------------------------------
+    # --- jobs ---------------------------------------------------------------
 
     def map(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, np.ndarray | None]]:
         """Each job with its output rows (a copy; None when ``fill`` gave no
@@ -139,7 +135,7 @@ class BatchPipeline:
         try:
             for job in jobs:
                 count = int(job.count)
-                if not 1 <= count <= self.max_batch and count:
+                if count < 0 or (self.max_batch is not None and count > self.max_batch):
                     raise ValueError(f"a batch job holds 0 to {self.max_batch} items, got {count}")
                 batch = None
                 if count:
@@ -226,35 +222,38 @@ class BatchPipeline:
                 self._check_open()
                 free = [slot for slot in self.slots if slot.index not in self._busy]
                 if free:
-                    batch = Batch(free[0], capacity)
-                    self._busy[batch.slot.index] = batch
-                    return batch
+                    slot = free[0]
+                    self._busy[slot.index] = None  # taken; its memory is found outside the lock
+                    break
                 if not block:
                     return None
-                if all(batch.owner == me for batch in self._busy.values()):
+                if all(batch is None or batch.owner == me for batch in self._busy.values()):
                     raise RuntimeError(f"all {self.num_slots} batch buffers are held by this thread (a batch "
                                        "run not finished): finish or close it before starting another")
                 self._cond.wait()
+        try:
+            batch = Batch(slot, self._inputs(slot, capacity))
+        except BaseException:
+            with self._cond:
+                del self._busy[slot.index]
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._busy[slot.index] = batch
+        return batch
 
     def _submit(self, batch: Batch, count: int, rows: int) -> None:
-        """Queues copy in, ``launch``, copy out and the event on the slot's stream."""
         with self._working(batch, "reserved"):
-            cuda.set_device(self.device)  # CUDA's current device is per thread
-            slot = batch.slot
             batch.count, batch.rows = count, rows
             batch.state = "submitted"  # from here on, work may be queued: giving it back waits for it
-            cuda.copy_to_device(slot.device_input, slot.host_input, rows * self._input_item, slot.stream)
-            self.launch(slot, rows)
-            cuda.copy_to_host(slot.host_output, slot.device_output, count * self._output_item, slot.stream)
-            slot.done.record(slot.stream)
+            self._start(batch)
 
     def _collect(self, batch: Batch) -> np.ndarray:
-        """Waits for the batch's event and returns its outputs (a copy); the
-        slot is free afterwards, whatever happens."""
+        """Waits for the batch and returns its outputs (a copy); the slot is
+        free afterwards, whatever happens."""
         try:
             with self._working(batch, "submitted"):
-                batch.slot.done.synchronize()
-                outputs = batch.slot.host_output.array[:batch.count].copy()
+                outputs = self._wait(batch)
         except BaseException:
             self._release(batch)
             raise
@@ -265,8 +264,7 @@ class BatchPipeline:
         """Gives a slot back, after the work queued on its stream (if any) is done."""
         if batch.state == "submitted":
             try:
-                cuda.set_device(self.device)
-                batch.slot.stream.synchronize()
+                self._drain(batch.slot)
             finally:
                 self._free(batch)
         elif batch.state == "reserved":
@@ -275,7 +273,7 @@ class BatchPipeline:
     # --- bookkeeping -----------------------------------------------------------
 
     class _Section:
-        def __init__(self, pipeline: BatchPipeline):
+        def __init__(self, pipeline: SlotPipeline):
             self.pipeline = pipeline
 
         def __enter__(self):
@@ -307,12 +305,6 @@ class BatchPipeline:
             batch.inputs = None
             self._cond.notify_all()
 
-    def synchronize(self) -> None:
-        """Waits for every slot's stream."""
-        cuda.set_device(self.device)
-        for slot in self.slots:
-            slot.stream.synchronize()
-
     def stop(self) -> None:
         """Refuses new batches, waits for the submits and collects in progress
         in other threads, then for the GPU. Batches still held (a run that was
@@ -323,10 +315,11 @@ class BatchPipeline:
             while self._active:
                 self._cond.wait()
             for batch in self._busy.values():
-                batch.state, batch.inputs = "closed", None
+                if batch is not None:
+                    batch.state, batch.inputs = "closed", None
             self._busy.clear()
-        if self.slots:
-            self.synchronize()
+        for slot in self.slots:
+            self._drain(slot)
 
     def close(self) -> None:
         """stop(), then frees every buffer, event and stream (on the pipeline's
@@ -335,6 +328,71 @@ class BatchPipeline:
             self.stop()
         finally:
             self._free_slots()
+
+
+class BatchPipeline(SlotPipeline):
+    """Slots of cuda-python memory and streams; ``launch(slot, n)`` enqueues the computation."""
+
+    def __init__(self, launch: Launch, *, max_batch: int, input_shape: tuple[int, ...], input_dtype,
+                 output_shape: tuple[int, ...], output_dtype, slots: int = 2, device: int = 0, min_batch: int = 1):
+        super().__init__(max_batch=int(max_batch), min_batch=min_batch)
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.launch = launch
+        self.device = int(device)
+        self._input_item = int(np.prod(input_shape, dtype=np.int64)) * np.dtype(input_dtype).itemsize
+        self._output_item = int(np.prod(output_shape, dtype=np.int64)) * np.dtype(output_dtype).itemsize
+        cuda.set_device(self.device)
+        try:
+            for index in range(slots):
+                self.slots.append(self._make_slot(index, input_shape, input_dtype, output_shape, output_dtype))
+        except BaseException:
+            self._free_slots()
+            raise
+
+    def _make_slot(self, index, input_shape, input_dtype, output_shape, output_dtype) -> Slot:
+        made = []
+
+        def keep(resource):
+            made.append(resource)
+            return resource
+
+        try:
+            stream = keep(cuda.Stream())
+            host_input = keep(cuda.PinnedBuffer((self.max_batch, *input_shape), input_dtype))
+            host_output = keep(cuda.PinnedBuffer((self.max_batch, *output_shape), output_dtype))
+            device_input = keep(cuda.DeviceBuffer(host_input.nbytes))
+            device_output = keep(cuda.DeviceBuffer(host_output.nbytes))
+            done = keep(cuda.Event())
+        except BaseException:
+            cuda.release_all(reversed(made))  # what was made before the failure
+            raise
+        return Slot(index, stream, host_input, host_output, device_input, device_output, done)
+
+    def _inputs(self, slot: Slot, capacity: int) -> np.ndarray:
+        return slot.host_input.array[:capacity]
+
+    def _start(self, batch: Batch) -> None:
+        """Copy in, ``launch``, copy out and the event, queued on the slot's stream."""
+        cuda.set_device(self.device)  # CUDA's current device is per thread
+        slot = batch.slot
+        cuda.copy_to_device(slot.device_input, slot.host_input, batch.rows * self._input_item, slot.stream)
+        self.launch(slot, batch.rows)
+        cuda.copy_to_host(slot.host_output, slot.device_output, batch.count * self._output_item, slot.stream)
+        slot.done.record(slot.stream)
+
+    def _wait(self, batch: Batch) -> np.ndarray:
+        batch.slot.done.synchronize()
+        return batch.slot.host_output.array[:batch.count].copy()
+
+    def _drain(self, slot: Slot) -> None:
+        cuda.set_device(self.device)
+        slot.stream.synchronize()
+
+    def synchronize(self) -> None:
+        """Waits for every slot's stream."""
+        for slot in self.slots:
+            self._drain(slot)
 
     def _free_slots(self) -> None:
         resources = []

@@ -4,31 +4,24 @@ path as the exported graph (uint8 NHWC in, normalization inside).
 
 On CUDA it is built for throughput: FP16 weights and activations (by default),
 channels-last memory (the NHWC uint8 input already is), cuDNN autotuning, and
-``streams`` slots of {CUDA stream, pinned input, pinned output}. Besides
-``infer``, a CUDA runner offers the reserve/submit/collect protocol of the
-TensorRT runner (which ``Classifier`` uses when a runner has it)::
-
-    batch = runner.reserve(n)            # a free slot; batch.inputs: pinned uint8 (n, H, W, 3)
-    preprocess_batch(images, size, out=batch.inputs)
-    runner.submit(batch)                 # upload, forward, download: queued on the slot's stream
-    ...                                  # preprocess the next batch meanwhile
-    logits = runner.collect(batch)       # waits for this batch only (the GIL released)
-
-so the host prepares batch k+1 while the GPU runs batch k, and several threads
-may run batches at once, one slot each.
+``streams`` slots of {CUDA stream, pinned input, pinned output}: ``run_batches``
+fills each job straight into a slot's pinned input while the GPU runs the
+previous one (the slot scheduling of :class:`.cuda_pipeline.SlotPipeline`, the
+same as the TensorRT runner's), and several threads may run batches at once,
+one slot each.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import WbcEdgeError, require
-from .base import Runner
+from .base import BatchJob, Outputs, Runner, split_outputs
+from .cuda_pipeline import Batch, SlotPipeline
 
 INSTALL = "pip install 'wbc-edge[torch]'  (PyTorch CPU: torch==2.13.0)"
 
@@ -77,23 +70,14 @@ class TorchRunner(Runner):
             model.net.half()
         self.model = model
         self._torch = torch
-        self._slots: list[_Slot] = []
-        self._free: queue.SimpleQueue | None = None
-        # thread id -> slots it holds: a thread holding every slot must not wait for one
-        self._owners: dict[int, int] = {}
-        self._owners_lock = threading.Lock()
+        self._pipeline: _TorchPipeline | None = None
         if self.cuda:
             if cudnn_benchmark:
                 torch.backends.cudnn.benchmark = True
-            self._slots = [_Slot(torch, self.device, self.input_shape, meta.num_outputs) for _ in range(streams)]
-            self._free = queue.SimpleQueue()
-            for slot in self._slots:
-                self._free.put(slot)
+            self._pipeline = _TorchPipeline(self, streams)
+            self.fills_input_memory = True  # run_batches fills the slots' pinned inputs
             # The weights were uploaded on the default stream; the slots' streams must see them.
             torch.cuda.synchronize(self.device)
-            # The batch protocol exists on CUDA runners only: Classifier checks for it by name.
-            self.reserve, self.submit, self.collect, self.release = (
-                self._reserve, self._submit, self._collect, self._release)
 
     # --- running ---------------------------------------------------------------
 
@@ -110,14 +94,7 @@ class TorchRunner(Runner):
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
         if self.cuda:
-            batch = self._reserve(len(images))
-            try:
-                np.copyto(batch.inputs, images)  # pageable -> pinned: the upload is then a true async DMA
-            except BaseException:
-                self._release(batch)
-                raise
-            self._submit(batch)
-            return self._collect(batch)
+            return self._open_pipeline().run(images)  # via pinned memory: the upload is a true async DMA
         torch = self._torch
         if not (images.flags.c_contiguous and images.flags.writeable):
             # torch.from_numpy takes no negative strides and warns on read-only memory
@@ -125,88 +102,28 @@ class TorchRunner(Runner):
         with self._lock, torch.inference_mode():
             return self._forward(torch.from_numpy(images)).float().numpy()
 
-    # --- the batch protocol (CUDA) ---------------------------------------------
-
-    def _reserve(self, count: int, timeout: float | None = None) -> TorchBatch:
-        """A free slot's pinned input for ``count`` images; waits up to
-        ``timeout`` seconds (None: as long as it takes; 0: not at all) while
-        every slot is in flight, then raises TimeoutError."""
-        if self._closed or self._free is None:
-            raise RuntimeError(f"{self.name}: the runner is closed")
-        if not isinstance(count, (int, np.integer)) or count < 1:
-            raise ValueError(f"a batch holds at least 1 image, got {count!r}")
-        me = threading.get_ident()
-        block = timeout is None or timeout > 0
-        with self._owners_lock:
-            if block and self._owners.get(me, 0) >= len(self._slots):
-                raise RuntimeError(f"{self.name}: all {len(self._slots)} batch buffers are held by this thread: "
-                                   "collect() or release() one before reserving another")
-        try:
-            slot = self._free.get(block=block, timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"{self.name}: all {len(self._slots)} batch buffers are in flight") from None
-        with self._owners_lock:
-            self._owners[me] = self._owners.get(me, 0) + 1
-        try:
-            return TorchBatch(slot, int(count), owner=me)
-        except BaseException:  # pinning the larger buffers failed
-            self._give_back(slot, me)
-            raise
-
-    def _submit(self, batch: TorchBatch) -> None:
-        """Queues upload, forward and download on the batch's stream; returns at once."""
-        torch = self._torch
-        _expect(batch, "reserved")
-        slot = batch.slot
-        try:
-            with torch.cuda.stream(slot.stream), torch.inference_mode():
-                images = slot.input[:batch.count].to(self.device, non_blocking=True)
-                logits = self._forward(images)
-                slot.output[:batch.count].copy_(logits.float(), non_blocking=True)
-            # Device tensors freed here are reused only by later work on this same
-            # stream (the caching allocator is stream-ordered): no early reuse.
-        except BaseException:
-            batch.state = "submitted"  # part of it may be queued: release() waits for it
-            self._release(batch)
-            raise
-        batch.state = "submitted"
-
-    def _collect(self, batch: TorchBatch) -> np.ndarray:
-        """Waits for a submitted batch: float32 logits ``(count, classes)``."""
-        _expect(batch, "submitted")
-        try:
-            batch.slot.stream.synchronize()  # this batch's stream only; the GIL is released while waiting
-            return batch.slot.output[:batch.count].numpy().copy()  # the slot's buffers are reused
-        finally:
-            self._release(batch)
-
-    def _release(self, batch: TorchBatch) -> None:
-        """Gives a batch's slot back (after its queued work, if any, is done)."""
-        if batch.state == "free":
+    def run_batches(self, jobs: Iterable[BatchJob]) -> Iterator[tuple[BatchJob, Outputs | None]]:
+        """On CUDA: each job filled into a slot's pinned input while the GPU
+        runs the previous one; on the CPU, one job after another."""
+        if not self.cuda:
+            yield from super().run_batches(jobs)
             return
-        if batch.state == "submitted":
-            try:  # nothing may still read or write the buffers when the slot is reused
-                batch.slot.stream.synchronize()
-            except Exception:
-                pass
-        batch.state = "free"
-        self._give_back(batch.slot, batch.owner)
+        for job, rows in self._open_pipeline().map(jobs):
+            yield job, None if rows is None else split_outputs(self.metadata, rows)
 
-    def _give_back(self, slot: _Slot, owner: int) -> None:
-        with self._owners_lock:
-            self._owners[owner] -= 1
-            if not self._owners[owner]:
-                del self._owners[owner]
-        if self._free is not None:
-            self._free.put(slot)
+    def _open_pipeline(self) -> _TorchPipeline:
+        if self._closed or self._pipeline is None:
+            raise RuntimeError(f"{self.name}: the runner is closed")
+        return self._pipeline
 
     # --- lifetime ----------------------------------------------------------------
 
     def close(self) -> None:
-        if self.cuda and not self._closed:
-            for slot in self._slots:
-                slot.stream.synchronize()
-            self._slots, self._free = [], None
+        """Waits for the batches in progress (in any thread), then drops the
+        model and the slots. Idempotent."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
         self.model = None
         super().close()
 
@@ -216,35 +133,54 @@ class TorchRunner(Runner):
         if self.half:
             info["precision"] = "fp16"
         if self.cuda:
-            info["streams"] = len(self._slots)
+            info["streams"] = self._pipeline.num_slots if self._pipeline is not None else 0
             info["gpu"] = self._torch.cuda.get_device_name(self.device)
         return info
 
 
-class TorchBatch:
-    """A reserved slot for ``count`` images: fill ``inputs`` (pinned uint8
-    ``(count, H, W, 3)``, valid until collected or released), then submit."""
+class _TorchPipeline(SlotPipeline):
+    """Slots of {CUDA stream, pinned input, pinned output} for a TorchRunner:
+    upload, forward and download queued on the slot's stream."""
 
-    __slots__ = ("count", "inputs", "owner", "slot", "state")
+    def __init__(self, runner: TorchRunner, streams: int):
+        super().__init__(max_batch=None)
+        self.runner = runner
+        torch = runner._torch
+        self.slots = [_Slot(torch, runner.device, runner.input_shape, runner.metadata.num_outputs, index)
+                      for index in range(streams)]
 
-    def __init__(self, slot: _Slot, count: int, owner: int):
-        slot.ensure(count)
-        self.slot = slot
-        self.count = count
-        self.inputs = slot.input[:count].numpy()
-        self.state = "reserved"
-        self.owner = owner
+    def _inputs(self, slot: _Slot, capacity: int) -> np.ndarray:
+        slot.ensure(capacity)  # only the batch holding the slot touches its buffers
+        return slot.input[:capacity].numpy()
+
+    def _start(self, batch: Batch) -> None:
+        runner, slot = self.runner, batch.slot
+        torch = runner._torch
+        with torch.cuda.stream(slot.stream), torch.inference_mode():
+            images = slot.input[:batch.rows].to(runner.device, non_blocking=True)
+            rows = runner._forward(images)
+            slot.output[:batch.count].copy_(rows[:batch.count].float(), non_blocking=True)
+        # Device tensors freed here are reused only by later work on this same
+        # stream (the caching allocator is stream-ordered): no early reuse.
+
+    def _wait(self, batch: Batch) -> np.ndarray:
+        batch.slot.stream.synchronize()  # this batch's stream only; the GIL is released while waiting
+        return batch.slot.output[:batch.count].numpy().copy()  # the slot's buffers are reused
+
+    def _drain(self, slot: _Slot) -> None:
+        slot.stream.synchronize()
 
 
 class _Slot:
     """A CUDA stream and its pinned host buffers (grown to the largest batch
     seen, never shrunk; only the batch holding the slot touches them)."""
 
-    def __init__(self, torch, device, input_shape, classes: int):
+    def __init__(self, torch, device, input_shape, outputs: int, index: int = 0):
         self._torch = torch
+        self.index = index
         self.stream = torch.cuda.Stream(device=device)
         self._input_shape = tuple(input_shape)
-        self._classes = classes
+        self._outputs = outputs
         self.capacity = 0
         self.input = self.output = None
 
@@ -252,15 +188,8 @@ class _Slot:
         if count > self.capacity:
             torch = self._torch
             self.input = torch.empty((count, *self._input_shape), dtype=torch.uint8, pin_memory=True)
-            self.output = torch.empty((count, self._classes), dtype=torch.float32, pin_memory=True)
+            self.output = torch.empty((count, self._outputs), dtype=torch.float32, pin_memory=True)
             self.capacity = count
-
-
-def _expect(batch, state: str) -> None:
-    if not isinstance(batch, TorchBatch):
-        raise TypeError(f"expected a batch from reserve(), got {type(batch).__name__}")
-    if batch.state != state:
-        raise RuntimeError(f"this batch is {batch.state}, expected {state}")
 
 
 def _parse_device(torch, device: str):
