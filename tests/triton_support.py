@@ -41,8 +41,8 @@ import pytest
 
 #: The Python backend model that stands in for Triton's onnxruntime backend.
 #: Test-only knobs (config parameters): ``test_delay_s`` with
-#: ``test_delay_executions`` make the first executions that slow (a timeout to
-#: retry); every execution's batch size is appended to ``test_batch_log``.
+#: ``test_delay_marker`` (a file made once) make the first execution of
+#: non-blank images, in any instance, that slow (a timeout to retry); every execution's batch size is appended to ``test_batch_log``.
 MODEL_PY = '''\
 import json
 import os
@@ -60,7 +60,7 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.delay = float(parameters.get("test_delay_s", 0))
-        self.delayed = int(parameters.get("test_delay_executions", 0))
+        self.delay_marker = parameters.get("test_delay_marker")
         self.log = parameters.get("test_batch_log")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -70,9 +70,12 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
-        if self.delayed > 0:
-            self.delayed -= 1
-            time.sleep(self.delay)
+        if self.delay_marker and any(a.any() for a in arrays):  # not the warm-up's or the checks' zeros
+            try:  # the first such execution of any instance sleeps, once
+                os.close(os.open(self.delay_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                time.sleep(self.delay)
+            except FileExistsError:
+                pass
         if self.log:
             with open(self.log, "a") as f:
                 f.write(json.dumps(sizes) + "\\n")
@@ -114,15 +117,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def served_repository(exported: Path, target: Path, name: str, **parameters: str) -> Path:
+def served_repository(exported: Path, target: Path, name: str, served_name: str | None = None,
+                      edit=None, **parameters: str) -> Path:
     """A copy of the exported ``name`` model that the embedded server can run
-    (see the module docstring), with ``parameters`` added to its config."""
+    (see the module docstring), as ``served_name`` (default: ``name``), its
+    config passed through ``edit(text) -> text`` if given, with ``parameters``
+    added."""
     target.mkdir(parents=True, exist_ok=True)
-    model = target / name
+    served_name = served_name or name
+    model = target / served_name
     shutil.copytree(exported / name, model)
     config = (model / "config.pbtxt").read_text()
     config, count = re.subn(r'^platform: "onnxruntime_onnx"$', 'backend: "python"', config, flags=re.M)
     assert count == 1, "the exported config names platform onnxruntime_onnx once"
+    config = config.replace(f'name: "{name}"\n', f'name: "{served_name}"\n', 1)
+    if edit is not None:
+        config = edit(config)
     for key, value in parameters.items():
         config += f'parameters {{ key: "{key}" value: {{ string_value: {json.dumps(str(value))} }} }}\n'
     (model / "config.pbtxt").write_text(config)
@@ -181,7 +191,7 @@ def start_server(repository: Path, workdir: Path, timeout: float = 90.0) -> Trit
                "--http-address=127.0.0.1", f"--http-port={http_port}",
                "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
                "--allow-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
-               "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+               "--exit-on-error=true", "--exit-timeout-secs=5", "--strict-readiness=true", "--log-verbose=0"]
     log = open(log_path, "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     log.close()
@@ -214,11 +224,12 @@ def tiny_model(folder: Path, name: str = "tiny") -> Path:
 
     meta = ModelMetadata(classes=["blast", "band", "smudge"], input_size=(16, 16), mean=(0.5, 0.5, 0.5),
                          std=(0.25, 0.25, 0.25), temperature=1.5, name="tiny-guarded",
-                         domain_guard={"method": "test", "threshold": 120.0}, cam={"shape": [3, 2, 2], "layer": "test"})
+                         domain_guard={"method": "test", "threshold": 200.0}, cam={"shape": [3, 2, 2], "layer": "test"})
     columns = meta.num_outputs
     rng = np.random.default_rng(7)
     weights = rng.normal(0, 1, (3, columns)).astype(np.float32)
     bias = rng.normal(0, 1, (columns,)).astype(np.float32)
+    weights[:, 3], bias[3] = 1 / 3, 0.0  # ood_score: the image's brightness (0..255); the guard flags > 200
     nodes = [
         helper.make_node("Cast", ["pixels"], ["pixels_f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["pixels_f"], ["means"], axes=[1, 2], keepdims=0),
