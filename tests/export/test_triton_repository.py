@@ -49,12 +49,18 @@ def shipped_repo(tmp_path_factory):
 def test_shipped_repository_parses_with_tritons_schema_and_agrees_with_the_onnx(shipped_repo):
     shipped = shipped_models()
     meta = ModelMetadata.load(shipped["int8-cpu"].metadata_path)
+    expected_outputs = [("logits", [meta.num_classes])]
+    if meta.domain_guard is not None:
+        expected_outputs.append(("ood_score", [1]))
+    if meta.cam is not None:
+        expected_outputs.append(("cam", list(meta.cam_shape)))
     repo = shipped_repo.out
     assert sorted(p.name for p in repo.iterdir()) == ["wbc-edge-triton.json", "wbc_resnet18", "wbc_resnet18_tensorrt"]
+    trt_source = "int8-tensorrt" if "int8-tensorrt" in shipped else "fp32"  # TensorRT's INT8, else the reference
     for name, platform, kind, onnx_path, source in (
             ("wbc_resnet18", "onnxruntime_onnx", "KIND_AUTO", repo / "wbc_resnet18" / "1" / "model.onnx", "int8-cpu"),
             ("wbc_resnet18_tensorrt", "tensorrt_plan", "KIND_GPU", repo / "wbc_resnet18_tensorrt" / "model.onnx",
-             "int8-tensorrt")):
+             trt_source)):
         config = parse_config(repo / name / "config.pbtxt")
         assert (config.name, config.platform, config.max_batch_size) == (name, platform, 32)
         (inputs, outputs) = onnx_io(onnx_path)
@@ -64,8 +70,9 @@ def test_shipped_repository_parses_with_tritons_schema_and_agrees_with_the_onnx(
         assert list(config.input[0].dims) == inputs[0][2][1:] == [*meta.input_size, 3]
         assert config.input[0].format == config.input[0].FORMAT_NHWC
         assert [(o.name, list(o.dims)) for o in config.output] == [(o[0], o[2][1:]) for o in outputs] \
-            == [("logits", [meta.num_classes])]
-        assert model_config_pb2().DataType.Name(config.output[0].data_type) == "TYPE_FP32"
+            == expected_outputs
+        assert all(model_config_pb2().DataType.Name(o.data_type) == "TYPE_FP32" for o in config.output)
+        assert all(o[1] == onnx.TensorProto.FLOAT for o in outputs)
         assert config.output[0].label_filename == "labels.txt"
         assert (repo / name / "labels.txt").read_text().splitlines() == meta.classes
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
@@ -76,12 +83,12 @@ def test_shipped_repository_parses_with_tritons_schema_and_agrees_with_the_onnx(
                    for w in config.model_warmup)
         served = ModelMetadata.from_dict(json.loads(config.parameters[METADATA_PARAMETER].string_value))
         assert served == ModelMetadata.load(shipped[source].metadata_path)
-        # a logits-only model whose output is already 'logits' is copied byte for byte
-        assert sha256_of(onnx_path) == sha256_of(shipped[source].path)
+        if len(expected_outputs) == 1:  # a logits-only model whose output is already 'logits': the same bytes
+            assert sha256_of(onnx_path) == sha256_of(shipped[source].path)
     script = (repo / "wbc_resnet18_tensorrt" / "build-engine.sh").read_text()
     assert ("wbc-edge build-engine --onnx model.onnx --out 1/model.plan --min-batch 1 --opt-batch 32 "
-            "--max-batch 32") in script
-    assert shipped_repo.build_command.endswith("--max-batch 32")
+            "--max-batch 32 --profiles 1") in script
+    assert shipped_repo.build_command.endswith("--max-batch 32 --profiles 1")
     manifest = json.loads((repo / "wbc-edge-triton.json").read_text())
     assert manifest["models"]["wbc_resnet18"]["source_sha256"] == sha256_of(shipped["int8-cpu"].path)
     assert manifest["classes"] == meta.classes

@@ -171,10 +171,12 @@ def export_triton(out: str | os.PathLike, model: str | os.PathLike | None = None
 
 def build_engine_command(model_dir: Path, max_batch_size: int) -> str:
     """The ``wbc-edge build-engine`` command that makes ``model_dir/1/model.plan``
-    with a batch profile covering ``max_batch_size``."""
+    with one batch profile covering ``max_batch_size`` (Triton runs each
+    instance on the plan's first profile; the SDK's extra in-flight profiles
+    would only cost build time)."""
     folder = Path(model_dir)
     return (f"wbc-edge build-engine --onnx {_quote(folder / 'model.onnx')} --out {_quote(folder / '1' / 'model.plan')} "
-            f"--min-batch 1 --opt-batch {max_batch_size} --max-batch {max_batch_size}")
+            f"--min-batch 1 --opt-batch {max_batch_size} --max-batch {max_batch_size} --profiles 1")
 
 
 def labels_text(meta: ModelMetadata) -> str:
