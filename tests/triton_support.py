@@ -100,6 +100,17 @@ def pytriton_dir() -> Path | None:
     return folder if (folder / "bin" / "tritonserver").is_file() else None
 
 
+def require_module(name: str, install: str = "pip install -e '.[test]'"):
+    """The module; skips without it, except in CI (env CI set), where the triton tests never skip."""
+    try:
+        return __import__(name, fromlist=["_"])
+    except ImportError:
+        message = f"{name} is not installed: {install}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI runs the triton tests, never skips them)")
+        pytest.skip(message)
+
+
 def require_pytriton() -> Path:
     """The server folder; skips without PyTriton, except in CI (env CI set), where it fails."""
     folder = pytriton_dir()

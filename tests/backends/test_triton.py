@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.triton_support import free_port, require_pytriton, served_repository, start_server, tiny_model
+from tests.triton_support import (
+    free_port,
+    require_module,
+    require_pytriton,
+    served_repository,
+    start_server,
+    tiny_model,
+)
 from wbc_edge import Classifier
 from wbc_edge.cli import main
 from wbc_edge.errors import MetadataError, ModelMismatchError
@@ -31,7 +38,8 @@ pytestmark = pytest.mark.triton
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory):
     require_pytriton()
-    pytest.importorskip("tritonclient.grpc", reason="pip install 'wbc-edge[triton]'")
+    require_module("tritonclient.grpc", "pip install 'wbc-edge[triton]'")
+    require_module("tritonclient.http", "pip install 'wbc-edge[triton]'")
     if "int8-cpu" not in shipped_models():
         pytest.fail("the shipped int8-cpu model is missing from this checkout")
     work = tmp_path_factory.mktemp("triton")

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.triton_support import tiny_model
+from tests.triton_support import require_module, tiny_model
 from wbc_edge.cli import main
 from wbc_edge.errors import WbcEdgeError
 from wbc_edge.export.triton_repository import METADATA_PARAMETER, export_triton
@@ -21,14 +21,13 @@ onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is needed")
 
 def parse_config(path):
     """config.pbtxt through Triton's schema (tritonclient's model_config_pb2)."""
-    text_format = pytest.importorskip("google.protobuf.text_format")
-    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                           reason="tritonclient (the triton extra) has Triton's schema")
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    text_format = require_module("google.protobuf.text_format")
+    return text_format.Parse(path.read_text(), model_config_pb2().ModelConfig())
 
 
 def model_config_pb2():
-    return pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    """Triton's ModelConfig schema, from tritonclient (the triton extra); never skipped in CI."""
+    return require_module("tritonclient.grpc.model_config_pb2", "pip install 'wbc-edge[triton]'")
 
 
 def onnx_io(path):
