@@ -54,6 +54,11 @@ def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Ru
         raise WbcEdgeError(f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'")
     expected = backend_for(path)
     # an FP32 ONNX from 'wbc-edge export' also runs on torch (rebuilt from its initializers)
+    if expected != backend and backend == "triton":
+        raise WbcEdgeError(f"{path}: the triton backend runs models named by URL (grpc://host:8001/name) only")
+    if expected != backend and expected == "triton":
+        raise WbcEdgeError(f"{path}: a model on a Triton server runs on the triton backend (--backend auto), "
+                           f"not {backend}")
     if expected != backend and not (backend == "torch" and expected == "onnxruntime"):
         raise WbcEdgeError(f"{path}: a {Path(path).suffix} file runs on the {expected} backend, not {backend}")
     module_name, class_name, library, install = _REGISTRY[backend]
