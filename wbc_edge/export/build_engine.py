@@ -246,9 +246,10 @@ def _check_network(trt, network, meta: ModelMetadata, onnx_path: Path) -> tuple[
     if shape_in[0] != -1:
         raise EngineBuildError(f"{onnx_path}: the input's batch dimension is fixed at {shape_in[0]}; export the "
                                "model with a dynamic batch ('wbc-edge export' does)")
-    if tensor_out.dtype != trt.DataType.FLOAT or len(shape_out) != 2 or shape_out[1] != meta.num_classes:
+    if tensor_out.dtype != trt.DataType.FLOAT or len(shape_out) != 2 or shape_out[1] != meta.num_outputs:
+        columns = ", ".join(f"{name} {c.stop - c.start}" for name, c in meta.output_columns.items())
         raise EngineBuildError(f"{onnx_path}: output '{tensor_out.name}' is {tensor_out.dtype} {list(shape_out)}; "
-                               f"expected float32 [N, {meta.num_classes}] ({meta.num_classes} classes)")
+                               f"expected float32 [N, {meta.num_outputs}] ({columns})")
     return tensor_in.name, tensor_out.name
 
 
