@@ -321,8 +321,8 @@ def test_calibration_defaults_are_those_of_the_shipped_models_and_readme():
     from wbc_edge.calibration.dataset import DEFAULT_NUM_IMAGES
 
     readme = (REPO / "README.md").read_text()
-    assert f"`--num-images` ({DEFAULT_NUM_IMAGES_FOR['tensorrt']} for `--target tensorrt`, else {DEFAULT_NUM_IMAGES})" \
-        in readme
+    assert DEFAULT_NUM_IMAGES_FOR["tensorrt"] == DEFAULT_NUM_IMAGES_FOR["cpu"]
+    assert f"`--num-images` ({DEFAULT_NUM_IMAGES_FOR['cpu']} for INT8, else {DEFAULT_NUM_IMAGES})" in readme
     assert f"tensorrt: `{DEFAULT_METHODS['tensorrt']}` (default)" in readme
     assert f"cpu: `{DEFAULT_METHODS['cpu']}` (default)" in readme
     for path in (REPO / "wbc_edge" / "models").glob("default.int8-*[!n].json"):  # not *.calibration.json

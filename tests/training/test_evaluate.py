@@ -32,8 +32,9 @@ def test_metrics_match_the_models_predictions(runner, sample_dir, sample_manifes
     report = evaluate(runner, sample_dir, sample_manifest, split="test", progress=False)
     meta = runner.metadata
     images = load_images(read_samples(sample_dir, sample_manifest, "test"), meta.classes, meta.input_size,
-                         progress=False)
-    predicted = softmax(runner.infer(images.images), meta.temperature).argmax(1)
+                         policy=meta.resize_policy, progress=False)
+    logits = runner.infer(images.images)[:, meta.output_columns["logits"]]
+    predicted = softmax(logits, meta.temperature).argmax(1)
     matrix = np.array(report["confusion_matrix"]["matrix"])
     assert report["confusion_matrix"]["labels"] == meta.classes
     assert matrix.sum() == report["num_images"] == len(images) == 128

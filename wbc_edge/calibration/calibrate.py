@@ -30,7 +30,7 @@ INT8_TARGETS = ("tensorrt", "cpu")
 #: Default calibration method per INT8 target (chosen on the validation split, see the README table).
 DEFAULT_METHODS = {"tensorrt": "entropy", "cpu": "percentile"}
 #: Default calibration images per INT8 target where not DEFAULT_NUM_IMAGES (the same choice).
-DEFAULT_NUM_IMAGES_FOR = {"tensorrt": 2048}
+DEFAULT_NUM_IMAGES_FOR = {"tensorrt": 2048, "cpu": 2048}
 RECORD_SUFFIX = ".calibration.json"
 
 
@@ -90,7 +90,7 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
               progress: bool = True) -> CalibrationResult:
     """Makes an FP16 or INT8 model from an FP32 one (see the module docstring).
 
-    ``num_images``: calibration images (default: 2048 for INT8 for TensorRT,
+    ``num_images``: calibration images (default: 2048 for INT8,
     512 otherwise, as the shipped models were made). ``target`` (INT8 only):
     ``tensorrt`` (ModelOpt, symmetric int8 Q/DQ) or
     ``cpu`` (ONNX Runtime, uint8 activations). ``keep_float``: layers kept out
