@@ -288,6 +288,10 @@ def test_reopening_continues_from_the_saved_review(browser, served, report_path)
     first = page.selected
     page.press(keys["lymphocyte"] if page.session.entry(first)["label"] != "lymphocyte" else keys["monocyte"])
     page.progress_is(1)
+    # the next cell shown need not be flagged: pick a flagged one still to review, then approve it
+    second = next(c for c in page.session.flagged if c not in page.session.decisions)
+    page.d.find_element(page.By.ID, f"cell-{second}").click()
+    page.wait(lambda d: page.selected == second)
     page.press(Keys.ENTER)
     page.progress_is(2)
     saved = dict(page.session.decisions)
