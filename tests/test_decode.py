@@ -178,3 +178,144 @@ def test_batch_keeps_order_and_isolates_failures(cell, tmp_path):
     assert "file not found" in results[3].reason
     assert "directory" in results[4].reason
     assert "decompression bomb" in results[5].reason
+
+
+# --- JPEG through simplejpeg: the same pixels as Pillow, strict about corrupt data ----------
+
+def scan_start(data: bytes) -> int:
+    """Where a baseline JPEG's entropy-coded data begins (after the SOS header)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+
+
+def corrupt_scan(data: bytes, length: int = 400) -> bytes:
+    """``data`` with ``length`` bytes zeroed in the middle of its scan data
+    (a lost disk block, say); headers and the end-of-image marker intact.
+    (Fewer bytes flipped are often decoded without any warning from libjpeg:
+    the Huffman decoder falls back into step.)"""
+    start, end = scan_start(data), len(data) - 2
+    assert data[end:] == b"\xff\xd9" and end - start > 2 * length
+    broken = bytearray(data)
+    middle = (start + end) // 2
+    broken[middle:middle + length] = bytes(length)
+    assert bytes(broken[end:]) == b"\xff\xd9" and bytes(broken[:start]) == data[:start]
+    return bytes(broken)
+
+
+def test_simplejpeg_is_used_and_gives_pillows_pixels_on_every_sample(sample_paths, cell_images):
+    pytest.importorskip("simplejpeg")
+    from wbc_edge import decode
+
+    assert decode.USE_SIMPLEJPEG
+    for path, rgb in zip(sample_paths, cell_images):
+        np.testing.assert_array_equal(decode_image(path), rgb, err_msg=str(path))
+
+
+def test_jpeg_colour_spaces_and_progressive_match_pillow(cell):
+    _, rgb = cell
+    image = Image.fromarray(rgb)
+    cases = {"gray": encode(image.convert("L"), "JPEG"), "progressive": encode(image, "JPEG", progressive=True),
+             "444": encode(image, "JPEG", subsampling=0), "422": encode(image, "JPEG", subsampling=1),
+             "rgb": encode(image, "JPEG", keep_rgb=True), "cmyk": encode(image.convert("CMYK"), "JPEG")}
+    for name, data in cases.items():
+        with Image.open(io.BytesIO(data)) as reference:
+            expected = np.asarray(reference if reference.mode == "L" else reference.convert("RGB"))
+        np.testing.assert_array_equal(decode_image(data), expected, err_msg=name)
+
+
+def test_corrupt_entropy_data_is_an_error_with_libjpegs_message(cell, tmp_path):
+    pytest.importorskip("simplejpeg")
+    path, _ = cell
+    broken = tmp_path / "corrupt-scan.jpg"
+    broken.write_bytes(corrupt_scan(path.read_bytes()))
+    with Image.open(broken) as image:  # what Pillow alone does: decodes it without a word
+        image.load()
+    with pytest.raises(ImageReadError, match=r"corrupt-scan\.jpg: corrupt or truncated image \(libjpeg: Corrupt "
+                                             r"JPEG data: .*\)"):
+        decode_image(broken)
+    with pytest.raises(ImageReadError, match=r"libjpeg: Corrupt JPEG data"):
+        decode_image(broken.read_bytes())
+
+
+def test_every_sample_with_corrupt_scan_data_is_refused(sample_paths):
+    pytest.importorskip("simplejpeg")
+    for path in sample_paths:
+        data = corrupt_scan(path.read_bytes())
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # Pillow: no error
+        with pytest.raises(ImageReadError, match="libjpeg: Corrupt JPEG data"):
+            decode_image(data)
+
+
+def test_cmyk_jpeg_with_corrupt_data_is_refused_too(cell):
+    pytest.importorskip("simplejpeg")
+    _, rgb = cell
+    with pytest.raises(ImageReadError, match="libjpeg: Corrupt JPEG data"):
+        decode_image(corrupt_scan(encode(Image.fromarray(rgb).convert("CMYK"), "JPEG")))
+
+
+def test_jpeg_without_its_end_marker_is_refused(cell):
+    pytest.importorskip("simplejpeg")
+    path, _ = cell
+    with pytest.raises(ImageReadError, match=r"libjpeg: Premature end of JPEG file"):
+        decode_image(path.read_bytes()[:-2])
+
+
+def test_corrupt_jpeg_in_a_run_is_reported_and_the_others_classified(tmp_path):
+    pytest.importorskip("simplejpeg")
+    import json
+
+    from wbc_edge.cli import main
+
+    from .conftest import REPO
+
+    cells = sorted((REPO / "examples").glob("*.jpg"))[:5]
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for cell in cells:
+        (folder / cell.name).write_bytes(cell.read_bytes())
+    (folder / "corrupt.jpg").write_bytes(corrupt_scan(cells[0].read_bytes()))
+    assert main(["classify", str(folder), "--out", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_name = {Path(image["path"]).name: image for image in report["images"]}
+    assert report["differential"]["total"] == len(cells) and report["differential"]["errors"] == 1
+    assert by_name["corrupt.jpg"]["label"] is None and "libjpeg: Corrupt JPEG data" in by_name["corrupt.jpg"]["error"]
+    assert all(by_name[c.name]["label"] and not by_name[c.name]["error"] for c in cells)
+
+
+def test_huge_jpeg_scaled_in_the_dct_as_pillows_draft(cell):
+    from wbc_edge import decode
+
+    _, rgb = cell
+    for side in (2100, 4800):
+        data = encode(Image.fromarray(rgb).resize((side, side + 7)), "JPEG", quality=90)
+        with Image.open(io.BytesIO(data)) as image:
+            factor = decode._reduction(image.size, (128, 128))
+            image.draft("RGB", (side // factor, (side + 7) // factor))
+            expected = np.asarray(image.convert("RGB"))
+        got = decode_image(data, reduce_to=(128, 128))
+        assert min(got.shape[:2]) >= 8 * 128
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_header_turbojpeg_cannot_read_goes_to_pillow():
+    with pytest.raises(ImageReadError, match="not a recognized image format|corrupt or truncated"):
+        decode_image(b"\xff\xd8\xff\xe0" + b"garbage" * 10)
+
+
+def test_unseekable_jpeg_stream_still_decodes(cell):
+    path, rgb = cell
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data):
+            self._data = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            chunk = self._data.read(len(buffer))
+            buffer[:len(chunk)] = chunk
+            return len(chunk)
+
+    np.testing.assert_array_equal(decode_image(io.BufferedReader(Pipe(path.read_bytes()))), rgb)

@@ -16,6 +16,17 @@ decoded one at a time (process-wide), which bounds the memory a batch of huge
 images takes while it is decoded; with ``reduce_to`` a huge image is reduced
 (JPEG: in the DCT, others: by an integer box filter) to no less than
 :data:`REDUCE_MARGIN` times that size before it is kept.
+
+JPEG goes through ``simplejpeg`` (libjpeg-turbo, the GIL released while it
+decodes), which gives the same pixels as Pillow for gray, YCbCr and RGB JPEGs,
+and strictly: libjpeg's corrupt-data warnings (``Corrupt JPEG data: ...
+extraneous bytes before marker``, ``Premature end of JPEG file``), which Pillow
+lets pass, make the file an input error carrying libjpeg's message. CMYK and
+YCCK JPEGs are checked the same way and converted by Pillow; a JPEG whose
+header TurboJPEG cannot read (unusual sampling factors), and every other
+format, are decoded by Pillow alone. Ordinary cells are decoded at full size:
+scaling in the DCT to the model input would change the preprocessed pixels
+(README, "CPU engines and decode").
 """
 
 from __future__ import annotations
@@ -27,12 +38,14 @@ import stat
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .files import describe_kind
+from .installed import installed
 from .preprocess import default_num_threads
 
 #: What can be decoded: a path, encoded bytes, or a binary file object.
@@ -49,6 +62,11 @@ LARGE_PIXELS = 16_000_000
 REDUCE_MARGIN = 8
 REDUCE_ABOVE = 4_000_000
 _large_decodes = threading.BoundedSemaphore(1)
+#: Whether JPEG is decoded by simplejpeg (a runtime dependency; Pillow alone without it).
+USE_SIMPLEJPEG = installed("simplejpeg")
+_JPEG_SOI = b"\xff\xd8\xff"
+# simplejpeg's header colour spaces it decodes to the pixels Pillow gives
+_SIMPLEJPEG_COLORSPACES = {"Gray": "GRAY", "YCbCr": "RGB", "RGB": "RGB"}
 
 # Recognized by their first bytes, to say what an unsupported file is.
 _SIGNATURES = (
@@ -115,6 +133,12 @@ def decode_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS,
             stream = source
         else:
             raise ImageReadError(source, f"cannot read an image from a {type(source).__name__}")
+        data = _jpeg_data(source, stream) if USE_SIMPLEJPEG else None
+        if data is not None:
+            pixels = _decode_jpeg(source, data, max_pixels, reduce_to)
+            if pixels is not None:
+                return pixels
+            stream = io.BytesIO(data)  # Pillow's turn (CMYK, or a header TurboJPEG cannot read)
         with Image.open(stream, formats=FORMATS) as image:
             _check_size(source, image.size, max_pixels)
             pixels = image.size[0] * image.size[1]
@@ -178,6 +202,58 @@ def open_regular_file(path: str | os.PathLike) -> io.BufferedReader:
 
 
 
+def _jpeg_data(source, stream) -> bytes | bytearray | memoryview | None:
+    """The whole input when it starts as a JPEG does; else None, with
+    ``stream`` where it was (rewound after the peek)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return source if bytes(source[:3]) == _JPEG_SOI else None
+    seekable = getattr(stream, "seekable", None)
+    if seekable is None or not seekable():
+        return None
+    start = stream.tell()
+    head = stream.read(3)
+    if head != _JPEG_SOI:
+        stream.seek(start)
+        return None
+    return head + stream.read()
+
+
+def _decode_jpeg(source, data, max_pixels: int | None, reduce_to: tuple[int, int] | None) -> np.ndarray | None:
+    """A JPEG decoded by simplejpeg, strictly; None where Pillow decodes it
+    instead (after the strict check, for CMYK and YCCK)."""
+    import simplejpeg
+
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # Pillow reads some headers TurboJPEG's cannot (and reports the rest)
+    _check_size(source, (width, height), max_pixels)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > 2 * limit:  # as Image.open refuses, whatever max_pixels
+        raise Image.DecompressionBombError(f"Image size ({width * height} pixels) exceeds limit of {2 * limit} "
+                                           "pixels, could be decompression bomb DOS attack.")
+    output = _SIMPLEJPEG_COLORSPACES.get(colorspace, "CMYK")
+    scale = {}
+    factor = _reduction((width, height), reduce_to)
+    if factor > 1:  # the DCT scale Pillow's draft takes (1/2, 1/4, 1/8), so the pixels are the same
+        fits = min(width // (width // factor), height // (height // factor))
+        step = next(s for s in (8, 4, 2, 1) if fits >= s)
+        scale = {"min_height": -(-height // step), "min_width": -(-width // step)}
+    with _large_decodes if width * height > LARGE_PIXELS else nullcontext():
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace=output, strict=True, **scale)
+        except ValueError as error:
+            raise ImageReadError(source, f"corrupt or truncated image (libjpeg: {error})") from None
+        if output == "CMYK":
+            return None
+        if output == "GRAY":
+            pixels = pixels.reshape(pixels.shape[:2])
+        factor = _reduction((pixels.shape[1], pixels.shape[0]), reduce_to)
+        if factor > 1:
+            pixels = np.asarray(Image.fromarray(pixels).reduce(factor))
+        return pixels
+
+
 def _os_reason(error: OSError) -> str:
     """What the operating system said, in words that do not mislead."""
     code = error.errno
@@ -232,8 +308,8 @@ def decode_images(
     max_pixels: int | None = MAX_PIXELS,
     reduce_to: tuple[int, int] | None = None,
 ) -> list[np.ndarray | ImageReadError]:
-    """Decodes many inputs in a thread pool (Pillow releases the GIL while it
-    decodes). Returns, in input order, an array or the :class:`ImageReadError`
+    """Decodes many inputs in a thread pool (simplejpeg and Pillow release
+    the GIL while they decode). Returns, in input order, an array or the :class:`ImageReadError`
     for each input; one bad input never stops the others."""
     sources = list(sources)
     workers = min(num_threads or default_num_threads(), max(1, len(sources)))
