@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .backends import BACKENDS, backend_for, install_hint, is_model_url, library_available, load_runner, options_for
+from .backends import BACKENDS, install_hint, is_model_url, library_available, load_runner, options_for
 from .backends.base import BatchJob, Outputs, Runner
+from .backends.probe import choose_backend
 from .decode import MAX_PIXELS
 from .domain_check import cell_verdict
 from .errors import MissingDependencyError, WbcEdgeError
@@ -65,6 +66,9 @@ class Classifier:
     its predict methods at once and get what serial calls give) and holds the
     model until :meth:`close` (or the end of a ``with`` block).
     """
+
+    #: why ``load`` chose the backend (None for a classifier made from a runner)
+    backend_reason: str | None = None
 
     def __init__(self, runner: Runner, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  review: ReviewPolicy | Mapping[str, Any] | None = None, num_threads: int | None = None,
@@ -114,9 +118,12 @@ class Classifier:
                 Triton server, ``grpc://host:8001/name`` or
                 ``http://host:8000/name`` (:mod:`wbc_edge.backends.triton`);
                 None: the shipped default model (see :mod:`wbc_edge.models`).
-            backend: ``"auto"`` (by the file: an engine runs on TensorRT, ONNX
-                on onnxruntime, a checkpoint on torch), or one of
-                ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``.
+            backend: ``"auto"`` (by the file: an engine runs on TensorRT, a
+                checkpoint on torch, ONNX on onnxruntime, or on openvino where
+                a cached engine probe measured it faster on this CPU:
+                :mod:`wbc_edge.backends.probe`; the reason is in
+                ``backend_reason``), or one of ``"tensorrt"``,
+                ``"onnxruntime"``, ``"openvino"``, ``"torch"``.
             precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: which shipped
                 variant to run (onnxruntime + int8: ``int8-cpu``); for a
                 checkpoint on torch, fp16 runs it in half precision. None: the
@@ -147,7 +154,8 @@ class Classifier:
         if backend != "auto" and not library_available(backend):
             raise MissingDependencyError(f"the {backend} backend", install_hint(backend))
         path = resolve_model(model, precision=precision, backend=backend)
-        chosen = backend_for(path) if backend == "auto" else backend
+        chosen, reason = choose_backend(path, backend, device=device, num_threads=num_threads,
+                                        custom_options=bool(runner_options))
         if chosen == "tensorrt" and path.suffix.lower() == ".onnx":
             raise WbcEdgeError(f"TensorRT runs engines built for this GPU, not ONNX files; build one with:\n"
                                f"  wbc-edge build-engine --onnx {path} --out {path.with_suffix('.engine').name}\n"
@@ -159,8 +167,10 @@ class Classifier:
         try:
             if variant is not None:
                 verify_shipped(runner.metadata, variant)
-            return cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
-                       model_path=None if is_model_url(path) else path, variant=variant, max_pixels=max_pixels)
+            classifier = cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
+                             model_path=None if is_model_url(path) else path, variant=variant, max_pixels=max_pixels)
+            classifier.backend_reason = reason
+            return classifier
         except BaseException:
             runner.close()
             raise
@@ -196,6 +206,7 @@ class Classifier:
             "name": meta.name,
             "precision": self.precision,
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "classes": self.classes,
             "input_size": list(meta.input_size),
             "resize_policy": meta.resize_policy,

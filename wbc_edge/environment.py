@@ -24,6 +24,8 @@ PACKAGES = {
     "tqdm": ("tqdm",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
     "onnx": ("onnx",),
+    "openvino": ("openvino",),
+    "simplejpeg": ("simplejpeg",),
     "torch": ("torch",),
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"),
     "tensorrt_lean": ("tensorrt-lean", "tensorrt-lean-cu13", "tensorrt-lean-cu12",
@@ -101,6 +103,12 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
     else:
         status["onnxruntime"] = {"usable": False, "reason": "library missing (onnxruntime)",
                                  "install": install_hint("onnxruntime")}
+
+    if installed("openvino"):
+        status["openvino"] = {"usable": True, "reason": None, "devices": ["cpu"]}
+    else:
+        status["openvino"] = {"usable": False, "reason": "library missing (openvino)",
+                              "install": install_hint("openvino")}
 
     if installed("torch"):
         entry: dict[str, Any] = {"usable": True, "reason": None, "devices": ["cpu"]}

@@ -6,7 +6,8 @@ The JSON report (``wbc-edge classify --out``)::
     {
       "wbc_edge_version": "0.1.0",
       "created": "2026-01-01T12:00:00Z",
-      "model": {"name", "precision", "backend", "classes", "input_size", "temperature", "path", "variant"},
+      "model": {"name", "precision", "backend", "backend_reason", "classes", "input_size", "temperature", "path",
+                "variant"},
       "review_policy": {"threshold", "class_thresholds", "always_review"},
       "images": [{"path", "label", "confidence", "probabilities", "review", "review_reason", "error",
                   "ood_score", "out_of_distribution", "same_file_as"}, ...],
@@ -100,7 +101,8 @@ def build_report(predictions: Sequence[Prediction], model: Mapping[str, Any],
         "wbc_edge_version": __version__,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {k: model.get(k) for k in
-                  ("name", "precision", "backend", "classes", "input_size", "temperature", "path", "variant")},
+                  ("name", "precision", "backend", "backend_reason", "classes", "input_size", "temperature", "path",
+                   "variant")},
         "review_policy": dict(review_policy or {}),
         "images": [{**p.to_dict(), "path": safe_name(p.path), "same_file_as": safe_name((same_file or {}).get(i))}
                    for i, p in enumerate(predictions)],

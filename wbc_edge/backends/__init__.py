@@ -15,13 +15,14 @@ from ..errors import MissingDependencyError, WbcEdgeError
 from ..installed import has
 from .base import Runner
 
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "torch")
 
 # backend -> (module in wbc_edge.backends, runner class, the library it needs, install hint)
 _REGISTRY = {
     "tensorrt": ("tensorrt", "TensorRTRunner", "tensorrt", "pip install 'wbc-edge[tensorrt]' (and an NVIDIA GPU and driver)"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeRunner", "onnxruntime", "pip install onnxruntime"),
     "torch": ("torch", "TorchRunner", "torch", "pip install 'wbc-edge[torch]'"),
+    "openvino": ("openvino", "OpenVinoRunner", "openvino", "pip install 'wbc-edge[openvino]'"),
     # a model on a Triton Inference Server: grpc://host:8001/name, http://host:8000/name
     "triton": ("triton", "TritonRunner", "tritonclient", "pip install 'wbc-edge[triton]'"),
 }
@@ -59,7 +60,8 @@ def load_runner(path: str | os.PathLike, backend: str = "auto", **options) -> Ru
     if expected != backend and expected == "triton":
         raise WbcEdgeError(f"{path}: a model on a Triton server runs on the triton backend (--backend auto), "
                            f"not {backend}")
-    if expected != backend and not (backend == "torch" and expected == "onnxruntime"):
+    # an ONNX model also runs on openvino
+    if expected != backend and not (backend in ("torch", "openvino") and expected == "onnxruntime"):
         raise WbcEdgeError(f"{path}: a {Path(path).suffix} file runs on the {expected} backend, not {backend}")
     module_name, class_name, library, install = _REGISTRY[backend]
     if not library_available(backend):
@@ -105,6 +107,10 @@ def options_for(backend: str, precision: str | None, device: str | None,
         if precision is not None:
             options["half"] = precision == "fp16"
         return options
+    if backend == "openvino":
+        if device is not None and device.partition(":")[0] != "cpu":
+            raise WbcEdgeError(f"device {device!r}: the openvino backend runs on the CPU ('cpu')")
+        return {"num_threads": num_threads}
     if backend == "triton":
         if device is not None or precision is not None:
             raise WbcEdgeError("a model on a Triton server runs where and as the server runs it: "

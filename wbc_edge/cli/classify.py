@@ -32,6 +32,7 @@ examples:
   wbc-edge classify cells/ more/cell.png --out report.json --csv predictions.csv
   wbc-edge classify cells/ --review-threshold 0.95 --review-threshold monocyte=0.98 --always-review ig
   wbc-edge classify cells/ --model model.int8.engine --batch-size 128
+  wbc-edge classify cells/ --backend openvino          # the OpenVINO CPU engine (pip install 'wbc-edge[openvino]')
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("--model", help="model file (.onnx, .engine, .pt); None: the shipped default model")
     parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
-                        help="auto: TensorRT for an engine, onnxruntime for ONNX, torch for a checkpoint")
+                        help="auto: TensorRT for an engine, torch for a checkpoint, onnxruntime for ONNX (openvino "
+                             "where 'wbc-edge info --probe' measured it faster on this CPU)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"],
                         help="which shipped variant of the default model; None: the fastest shipped one "
                              "(on CPU: int8 if shipped, else fp32)")

@@ -3,27 +3,47 @@ backends usable here (and why not, with the install command), NVIDIA GPUs,
 and the shipped default model (classes, input size, precisions and files).
 
 --json prints the same as one JSON object (keys: wbc_edge, python, platform,
-cpu, packages, gpu, backends, default_model).
+cpu, packages, gpu, backends, default_model, cpu_engine).
+
+cpu_engine: the engine --backend auto runs each CPU model on (onnxruntime, or
+openvino where a cached probe measured it faster on this CPU, thread count and
+model file), and why. --probe measures it now (both engines on the model, a
+few seconds per model) and caches the result for later runs.
 
 examples:
   wbc-edge info                     what this machine can run, and what to install for the rest
   wbc-edge info --json | jq .backends
+  wbc-edge info --probe             time onnxruntime vs openvino on the shipped models; auto then runs the faster
+  wbc-edge info --probe --model models/my-lab --threads 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--probe", action="store_true",
+                        help="time the CPU engines (onnxruntime, openvino) on the models and cache which is faster")
+    parser.add_argument("--model", help="the model (ONNX file or model directory) for the CPU engine choice; "
+                                        "None: the shipped ones")
+    parser.add_argument("--threads", type=int, help="inference threads to probe with; None: all usable CPUs")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends.probe import cpu_engine_info
     from ..environment import describe_environment
+    from ..errors import WbcEdgeError
 
+    if args.threads is not None and args.threads < 1:
+        raise WbcEdgeError(f"--threads must be at least 1, got {args.threads}")
+    if args.model is not None and not os.path.exists(args.model):
+        raise WbcEdgeError(f"{args.model}: model file not found")
     info = describe_environment()
+    info["cpu_engine"] = cpu_engine_info(args.model, args.threads, run_probe=args.probe)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -68,4 +88,7 @@ def format_info(info: dict) -> str:
             lines.append(f"  {variant:<14}{v['size_mb']:>6.1f} MB  {v['path']}")
         for variant in model["not_shipped"]:
             lines.append(f"  {variant:<14}not shipped (wbc-edge info --json shows the command that makes it)")
+    lines += ["", f"cpu engine (--backend auto, {info['cpu_engine']['num_threads']} threads):"]
+    for name, entry in info["cpu_engine"]["models"].items():
+        lines.append(f"  {name:<14}{entry['reason']}")
     return "\n".join(lines)
