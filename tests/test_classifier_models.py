@@ -121,7 +121,7 @@ def test_tensorrt_with_an_onnx_file_points_to_build_engine():
 
 def test_unknown_backend_and_precision():
     with pytest.raises(WbcEdgeError, match="unknown backend"):
-        Classifier.load(backend="openvino")
+        Classifier.load(backend="coreml")
     with pytest.raises(WbcEdgeError, match="unknown precision"):
         Classifier.load(precision="fp8")
 
