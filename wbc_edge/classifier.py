@@ -113,22 +113,14 @@ class Classifier:
         """Loads a model and returns a classifier for it.
 
         Args:
-            model: a model file (``.onnx``, TensorRT ``.engine``/``.plan``, or a
-                PyTorch checkpoint ``.pt``) with its metadata; a model on a
-                Triton server, ``grpc://host:8001/name`` or
-                ``http://host:8000/name`` (:mod:`wbc_edge.backends.triton`);
-                None: the shipped default model (see :mod:`wbc_edge.models`).
-            backend: ``"auto"`` (by the file: an engine runs on TensorRT, a
-                checkpoint on torch, ONNX on onnxruntime, or on openvino where
-                a cached engine probe measured it faster on this CPU:
-                :mod:`wbc_edge.backends.probe`; the reason is in
-                ``backend_reason``), or one of ``"tensorrt"``,
-                ``"onnxruntime"``, ``"openvino"``, ``"torch"``.
-            precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: which shipped
-                variant to run (onnxruntime + int8: ``int8-cpu``); for a
-                checkpoint on torch, fp16 runs it in half precision. None: the
-                fastest shipped variant for the backend (on CPU: int8 when
-                ``int8-cpu`` is shipped, else fp32).
+            model: a model file (``.onnx``, ``.engine``/``.plan``, ``.pt``) with
+                its metadata, a model directory, a Triton URL
+                (``grpc://host:8001/name``); None: the shipped default model.
+            backend: ``"auto"`` (by the file, and for ONNX on a CPU by a cached
+                engine probe: :mod:`wbc_edge.backends.probe`, the reason in
+                ``backend_reason``), or one of :data:`wbc_edge.backends.BACKENDS`.
+            precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: which variant to
+                run; None: the fastest shipped one for the backend.
             batch_size: images per inference call.
             device: ``"cpu"`` or ``"cuda"``/``"cuda:N"``; None: the backend's
                 default (onnxruntime and torch: the CPU).

@@ -27,6 +27,7 @@ COMMANDS = {
     "build-engine": ("build_engine", "compile an ONNX model into a TensorRT engine"),
     "export-triton": ("export_triton", "write a Triton Inference Server model repository (ONNX Runtime and TensorRT)"),
     "review": ("review", "review a report's cells on a local web page, correct them and sign off"),
+    "benchmark": ("benchmark", "measure throughput and latency per batch size and concurrency"),
 }
 
 EPILOG = """\

@@ -1,0 +1,99 @@
+"""Measure throughput and latency per batch size and concurrency, in the
+spirit of Triton's perf_analyzer and trtexec: each request is one
+predict_batch of BATCH images through the whole path (read, decode,
+preprocess, infer), sent back to back by CONCURRENCY threads; warm-up
+requests are not counted. Also the milliseconds per image of decoding,
+preprocessing and inference. Works with every model the SDK runs, a Triton
+server's included (--model grpc://host:8001/name).
+
+examples:
+  wbc-edge benchmark                                  the shipped model on the bundled PBC cells
+  wbc-edge benchmark cells/ --batch-size 1,8,64 --concurrency 1,2,4 --duration 10 --out bench.json
+  wbc-edge benchmark --model grpc://gpu-server:8001/wbc_resnet18 --concurrency 1,4,16
+  wbc-edge benchmark --backend openvino --precision int8 --count 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", help="images or folders (default: the PBC reference cells shipped "
+                                                  "with wbc-edge)")
+    parser.add_argument("--model", help="model file, model directory or Triton URL (default: the shipped model)")
+    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino, torch, tensorrt, triton")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="a variant of the model")
+    parser.add_argument("--batch-size", type=_sizes, default=[1, 8, 64], metavar="N[,N...]",
+                        help="images per request (default: 1,8,64)")
+    parser.add_argument("--concurrency", type=_sizes, default=[1, 2], metavar="N[,N...]",
+                        help="threads sending requests at once (default: 1,2)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--duration", type=float, default=None, help="seconds per run (default: 3)")
+    group.add_argument("--count", type=int, default=None, help="requests per run instead of a duration")
+    parser.add_argument("--threads", type=int, help="CPU threads for decoding, preprocessing and inference")
+    parser.add_argument("--out", help="write the JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output, write_atomic
+    from ..classifier import Classifier
+    from ..errors import WbcEdgeError
+    from ..files import find_images
+    from ..throughput import machine, measure_run, stage_times
+
+    if args.duration is not None and not args.duration > 0:
+        raise WbcEdgeError(f"--duration must be more than 0 seconds, got {args.duration}")
+    if args.count is not None and args.count < 1:
+        raise WbcEdgeError(f"--count must be at least 1, got {args.count}")
+    duration = 3.0 if args.duration is None and args.count is None else args.duration
+    if args.out:
+        check_output(args.out, "--out")
+    paths = []
+    for item in args.inputs or [Path(__file__).resolve().parents[1] / "models" / "reference_cells"]:
+        item = Path(item)
+        if not item.exists():
+            raise WbcEdgeError(f"{item}: no such file or folder")
+        paths.extend(find_images(item) if item.is_dir() else [item])
+    if not paths:
+        raise WbcEdgeError("no images to benchmark with")
+    images = []
+    for path in paths:
+        try:
+            images.append(Path(path).read_bytes())
+        except OSError as error:
+            raise WbcEdgeError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+    runs = []
+    with Classifier.load(args.model, backend=args.backend, precision=args.precision,
+                         batch_size=max(args.batch_size), num_threads=args.threads) as classifier:
+        stages = stage_times(classifier, images)
+        for batch in args.batch_size:
+            for concurrency in args.concurrency:
+                result = measure_run(classifier, images, batch, concurrency, duration=duration, count=args.count)
+                runs.append(result)
+                latency = result["latency_ms"]
+                print(f"batch {batch:>4}  concurrency {concurrency:>3}  {result['images_per_s']:9.1f} images/s  "
+                      f"latency ms p50 {latency['p50']:8.2f}  p95 {latency['p95']:8.2f}  p99 {latency['p99']:8.2f}",
+                      flush=True)
+        described = classifier.describe()
+    print("ms per image: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
+    document = {"model": described, "images": len(images), "runs": runs,
+                "stages_ms_per_image": stages, "machine": machine()}
+    if args.out:
+        write_atomic(args.out, json.dumps(document, indent=1) + "\n")
+        print(f"written to {os.fspath(args.out)}")
+    return 0
