@@ -42,13 +42,13 @@ def own_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cells(sample_paths) -> list[np.ndarray]:
-    paths = [*sample_paths, *sorted((REPO / "examples").glob("*.jpg"))]
-    images = []
-    for path in paths:
+def cells(cell_images) -> list[np.ndarray]:
+    """The shipped sample cells (conftest's cell_images) and the examples."""
+    examples = []
+    for path in sorted((REPO / "examples").glob("*.jpg")):
         with Image.open(path) as image:
-            images.append(np.asarray(image.convert("RGB")))
-    return images
+            examples.append(np.asarray(image.convert("RGB")))
+    return [*cell_images, *examples]
 
 
 @pytest.fixture(scope="module")
