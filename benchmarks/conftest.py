@@ -244,14 +244,14 @@ def prototype(checkpoint, fp32_onnx, decoded_images, results_log, torch_threads)
     FP32 model's logits on real cells (else no comparison would be fair)."""
     import torch
 
-    from benchmarks.prototype import load_prototype_model, prototype_preprocess
+    from benchmarks.prototype import load_prototype_model, prototype_inputs
     from wbc_edge import preprocess_batch
     from wbc_edge.backends.onnxruntime import OnnxRuntimeRunner
 
     net, meta, source = load_prototype_model(checkpoint=checkpoint, onnx_path=fp32_onnx)
     images = decoded_images[:16]
     with torch.no_grad():
-        reference = net(torch.from_numpy(prototype_preprocess(images, meta.input_size, meta.mean, meta.std))).numpy()
+        reference = net(torch.from_numpy(prototype_inputs(images, meta))).numpy()
     with OnnxRuntimeRunner(fp32_onnx) as runner:
         if tuple(runner.metadata.input_size) != tuple(meta.input_size):
             pytest.fail(f"the prototype's weights ({source}) are for input {meta.input_size}, the SDK's model "

@@ -166,11 +166,10 @@ class GpuBenchmark:
     # ------------------------------------------------------------- inference
 
     def bench_prototype_call(self) -> None:
-        from benchmarks.prototype import prototype_preprocess
+        from benchmarks.prototype import prototype_inputs
 
         torch = self.torch
-        x = torch.from_numpy(prototype_preprocess(self.cells[:1], self.meta.input_size, self.meta.mean,
-                                                  self.meta.std)).to(self.device)
+        x = torch.from_numpy(prototype_inputs(self.cells[:1], self.meta)).to(self.device)
 
         def call():
             with torch.no_grad():

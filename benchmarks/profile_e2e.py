@@ -82,13 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prototype:
         import torch
 
-        from benchmarks.prototype import PrototypeLoop, load_prototype_model, prototype_decode, prototype_preprocess
+        from benchmarks.prototype import PrototypeLoop, load_prototype_model, prototype_decode, prototype_inputs
 
         if args.threads:
             torch.set_num_threads(args.threads)
         net, pmeta, _ = load_prototype_model()
         arrays = prototype_decode(paths)
-        tensors = [torch.from_numpy(prototype_preprocess([a], pmeta.input_size, pmeta.mean, pmeta.std)) for a in arrays]
+        tensors = [torch.from_numpy(prototype_inputs([a], pmeta)) for a in arrays]
 
         def eager():
             with torch.no_grad():
@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prototype_stages = {
             "decode (Image.open + convert)": best_of(lambda: prototype_decode(paths), args.repeat),
-            "preprocess (Pillow resize + numpy)": best_of(
-                lambda: prototype_preprocess(arrays, pmeta.input_size, pmeta.mean, pmeta.std), args.repeat),
+            "preprocess (cell finder + Pillow resize + numpy)": best_of(
+                lambda: prototype_inputs(arrays, pmeta), args.repeat),
             "inference (torch eager, batch 1, softmax)": best_of(eager, args.repeat),
         }
         loop = PrototypeLoop(net, pmeta)

@@ -3,20 +3,24 @@
 This is the research code path, as a prototype's README would show it::
 
     model = resnet18(num_classes=8); model.load_state_dict(...); model.eval()
-    mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
     for path in paths:
-        image = Image.open(path).convert("RGB").resize((W, H), Image.BILINEAR)
-        x = (np.asarray(image, np.float32) / 255 - mean) / std
+        image = Image.open(path).convert("RGB")
+        box = find_cell(np.asarray(image), H, W)        # numpy, for a cell-centring model
+        image = image.resize((W, H), Image.BILINEAR, box=box)
+        x = np.asarray(image, np.float32) / 255
+        x = (x - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + 1e-4)   # per-image model; else (x - MEAN) / STD
         x = torch.from_numpy(np.stack([x.transpose(2, 0, 1)]))
         with torch.no_grad():
             confidence, index = torch.softmax(model(x), dim=1).max(dim=1)
 
-Pillow does the resize (one thread, the GIL held between calls), numpy the
-normalization in float32, PyTorch eager runs the ResNet-18 in FP32, NCHW, one
-image per call, with PyTorch's default thread count. It uses the same input size
-and normalization as the SDK (the model's metadata) and the same weights: a
-checkpoint when one is given, else the weights rebuilt from the shipped FP32
-ONNX model (:func:`load_prototype_model`), so both give the same labels.
+Pillow does the resize (one thread, the GIL held between calls), numpy the cell
+finding (the plain reference of the C++ finder, ``tests/reference_cell_box.py``)
+and the normalization in float32, PyTorch eager runs the ResNet-18 in FP32,
+NCHW, one image per call, with PyTorch's default thread count. It uses the same
+input size, resize policy and normalization as the SDK (the model's metadata)
+and the same weights: a checkpoint when one is given, else the weights rebuilt
+from the shipped FP32 ONNX model (:func:`load_prototype_model`), so both give
+the same labels.
 """
 
 from __future__ import annotations
@@ -32,14 +36,20 @@ from wbc_edge.metadata import ModelMetadata
 
 
 def prototype_preprocess(images: Sequence, size: tuple[int, int], mean: Sequence[float],
-                         std: Sequence[float]) -> np.ndarray:
+                         std: Sequence[float], *, policy: str = "stretch",
+                         normalization: str = "dataset") -> np.ndarray:
     """The prototype's preprocessing of a batch: float32 NCHW ``(n, 3, H, W)``.
 
     Each image is a decoded uint8 array (``Image.fromarray``) or a file path
-    (``Image.open``); then ``convert("RGB")``, ``resize((W, H), BILINEAR)``,
-    ``np.asarray(float32) / 255``, ``(x - mean) / std`` in float32, HWC -> CHW,
-    and ``np.stack``. (``wbc_edge.preprocess_batch(..., dtype=np.float32)``
-    gives exactly this array, bit for bit.)
+    (``Image.open``); then ``convert("RGB")``, the field the resize ``policy``
+    names (``stretch``: the whole image; ``center_crop``: its centred region of
+    the output's aspect; ``cell_center``: the numpy cell finder's box),
+    ``resize((W, H), BILINEAR, box=...)``, ``np.asarray(float32) / 255``, the
+    normalization (``dataset``: ``(x - mean) / std``; ``per_image``: each
+    channel by its own mean and variance, as the model graph does), HWC -> CHW,
+    and ``np.stack``. (For ``stretch`` with ``dataset``,
+    ``wbc_edge.preprocess_batch(..., dtype=np.float32)`` gives exactly this
+    array, bit for bit.)
     """
     height, width = size
     mean = np.asarray(mean, dtype=np.float32)
@@ -51,11 +61,41 @@ def prototype_preprocess(images: Sequence, size: tuple[int, int], mean: Sequence
         else:
             image = Image.open(item)
         with image:
-            resized = image.convert("RGB").resize((width, height), Image.BILINEAR)
+            rgb = image.convert("RGB")
+        box = _field(np.asarray(rgb), height, width, policy)
+        resized = rgb.resize((width, height), Image.BILINEAR, box=box)
         x = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
-        x = (x - mean) / std
+        if normalization == "per_image":
+            # statistics accumulated in float64: a float32 sum of a whole image drifts
+            centred = x - x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+            variance = (centred * centred).mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+            x = centred / np.sqrt(variance + np.float32(1e-4))
+        else:
+            x = (x - mean) / std
         tensors.append(x.transpose(2, 0, 1))
     return np.stack(tensors)
+
+
+def prototype_inputs(images: Sequence, metadata: ModelMetadata) -> np.ndarray:
+    """:func:`prototype_preprocess` as the model's metadata asks (size, resize
+    policy, normalization)."""
+    return prototype_preprocess(images, metadata.input_size, metadata.mean, metadata.std,
+                                policy=metadata.resize_policy, normalization=metadata.input_normalization)
+
+
+def _field(pixels: np.ndarray, height: int, width: int, policy: str) -> tuple[float, float, float, float] | None:
+    """The source box the resize reads, for a resize policy (None: the whole image)."""
+    if policy == "stretch":
+        return None
+    from tests.reference_resize import center_crop_box
+
+    if policy == "center_crop":
+        return center_crop_box(pixels.shape[1], pixels.shape[0], width, height)
+    if policy == "cell_center":
+        from tests.reference_cell_box import find_cell
+
+        return find_cell(pixels, height, width)[0]
+    raise ValueError(f"the prototype has no resize policy {policy!r}")
 
 
 def prototype_decode(paths: Sequence) -> list[np.ndarray]:
@@ -84,7 +124,7 @@ class PrototypeLoop:
     def classify(self, path) -> tuple[str, float]:
         torch = self.torch
         meta = self.metadata
-        x = torch.from_numpy(prototype_preprocess([path], meta.input_size, meta.mean, meta.std))
+        x = torch.from_numpy(prototype_inputs([path], meta))
         if self.device.type != "cpu":
             x = x.to(self.device)
         with torch.no_grad():

@@ -77,10 +77,10 @@ def test_prototype_model_call(measure, prototype, torch_threads, cell_batch):
     """The prototype's per-image model call, the inference baseline."""
     import torch
 
-    from benchmarks.prototype import prototype_preprocess
+    from benchmarks.prototype import prototype_inputs
 
     net, meta = prototype
-    x = torch.from_numpy(prototype_preprocess(cell_batch[:1], meta.input_size, meta.mean, meta.std))
+    x = torch.from_numpy(prototype_inputs(cell_batch[:1], meta))
 
     def call():
         with torch.no_grad():

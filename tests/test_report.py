@@ -66,6 +66,20 @@ def test_json_and_csv_files(run, tmp_path):
             assert row["review"] == str(int(p.review))
 
 
+def test_the_json_file_has_one_line_per_image_and_the_same_content(run, tmp_path):
+    """Written fast (one image a line, the C encoder) and still the same
+    document, in the same key order, strict JSON even for a non-finite value."""
+    inputs, predictions, model, policy = run
+    report = build_report(predictions, model, {**policy, "odd": float("nan")}, {})
+    text = write_json(report, tmp_path / "report.json").read_text()
+    saved = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
+    assert list(saved) == list(report) and saved["review_policy"]["odd"] is None
+    assert saved["images"] == json.loads(json.dumps(report["images"]))
+    lines = text.splitlines()
+    start = lines.index('  "images": [')
+    assert [json.loads(line.strip().rstrip(",")) for line in lines[start + 1:start + 1 + len(inputs)]] == saved["images"]
+
+
 def test_terminal_tables(run):
     inputs, predictions, model, policy = run
     report = build_report(predictions, model, policy, {})

@@ -178,11 +178,35 @@ def test_winner_needs_openvino_clearly_faster():
     assert probe.winner({"onnxruntime": 1.0}) == "onnxruntime"
 
 
-def test_auto_without_a_probe_runs_onnxruntime_and_says_why():
+@pytest.fixture
+def cpu_without_amx(monkeypatch):
+    """A CPU like the AMD Zen 5 one measured: AVX-512, no AMX."""
+    monkeypatch.setattr(probe, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"])
+
+
+@pytest.fixture
+def cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(probe, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"])
+
+
+def test_auto_without_a_probe_runs_onnxruntime_without_amx_and_says_why(cpu_without_amx):
     with Classifier.load() as clf:
         assert clf.backend == "onnxruntime"
         assert "no engine probe cached" in clf.backend_reason and "wbc-edge info --probe" in clf.backend_reason
         assert clf.describe()["backend_reason"] == clf.backend_reason
+
+
+def test_auto_without_a_probe_runs_openvino_with_amx_and_says_why(cpu_with_amx):
+    with Classifier.load() as clf:
+        assert clf.backend == "openvino"
+        assert clf.backend_reason.startswith("openvino: this CPU has AMX (amx_int8)")
+        assert "wbc-edge info --probe" in clf.backend_reason
+
+
+def test_a_probe_outranks_the_cpu_flags(cpu_with_amx):
+    fake_probe(shipped_models()["int8-cpu"].path, {"onnxruntime": 1.0, "openvino": 1.3})
+    with Classifier.load() as clf:
+        assert clf.backend == "onnxruntime" and "not measured at least 5% faster" in clf.backend_reason
 
 
 def test_auto_follows_the_cached_probe():
@@ -199,7 +223,7 @@ def test_auto_follows_the_cached_probe():
         assert clf.backend == "onnxruntime" and "not measured at least 5% faster" in clf.backend_reason
 
 
-def test_probe_holds_for_its_model_and_thread_count_only(tmp_path):
+def test_probe_holds_for_its_model_and_thread_count_only(tmp_path, cpu_without_amx):
     model = shipped_models()["int8-cpu"].path
     fake_probe(model, {"onnxruntime": 1.5, "openvino": 0.4})
     assert probe.choose_cpu_engine(model)[0] == "openvino"
@@ -210,7 +234,7 @@ def test_probe_holds_for_its_model_and_thread_count_only(tmp_path):
     assert probe.choose_cpu_engine(copy)[0] == "onnxruntime"
 
 
-def test_unreadable_probe_cache_is_an_empty_one():
+def test_unreadable_probe_cache_is_an_empty_one(cpu_without_amx):
     probe.probe_file().parent.mkdir(parents=True)
     probe.probe_file().write_text("{not json")
     with Classifier.load() as clf:

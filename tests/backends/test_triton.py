@@ -74,7 +74,7 @@ def triton(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_predictions(sample_paths):
-    with Classifier.load(batch_size=16) as local:
+    with Classifier.load(batch_size=16, backend="onnxruntime") as local:  # the server runs onnxruntime
         return local.predict_batch(sample_paths)
 
 
@@ -101,7 +101,8 @@ def test_predictions_through_triton_equal_the_local_run(triton, sample_paths, lo
 
 
 def test_classify_through_triton_writes_the_same_report(triton, sample_dir, tmp_path, capsys):
-    assert main(["classify", str(sample_dir), "--out", str(tmp_path / "local.json"), "--no-progress"]) == 0
+    assert main(["classify", str(sample_dir), "--backend", "onnxruntime", "--out", str(tmp_path / "local.json"),
+                 "--no-progress"]) == 0
     url = f"{triton.grpc_url}/wbc_resnet18"
     assert main(["classify", str(sample_dir), "--model", url, "--out", str(tmp_path / "triton.json"),
                  "--no-progress"]) == 0
@@ -118,7 +119,7 @@ def test_classify_through_triton_writes_the_same_report(triton, sample_dir, tmp_
 
 def test_requests_in_flight_are_batched_by_the_server(triton):
     images = list(np.random.default_rng(4).integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
-    with Classifier.load(str(triton.tiny)) as local:
+    with Classifier.load(str(triton.tiny), backend="onnxruntime") as local:
         expected = local.predict_batch(images)
     with Classifier.load(f"{triton.grpc_url}/tiny_batching", batch_size=4) as remote:
         before = len(triton.batches.read_text().splitlines())
@@ -132,7 +133,7 @@ def test_requests_in_flight_are_batched_by_the_server(triton):
 def test_guard_and_maps_come_back_as_locally(triton):
     images = np.random.default_rng(3).integers(0, 256, (11, 24, 20, 3), dtype=np.uint8)
     images[4] = 250  # a bright one, far from the others
-    with Classifier.load(str(triton.tiny)) as local, Classifier.load(f"{triton.http_url}/tiny") as remote:
+    with Classifier.load(str(triton.tiny), backend="onnxruntime") as local, Classifier.load(f"{triton.http_url}/tiny") as remote:
         assert remote.metadata.cam_shape == (3, 2, 2) and remote.metadata.domain_guard is not None
         expected, got = local.predict_batch(list(images), cam=True), remote.predict_batch(list(images), cam=True)
     assert_same_predictions(got, expected)
@@ -178,7 +179,7 @@ def test_a_model_whose_metadata_does_not_match_is_refused(triton):
 
 def test_a_timed_out_request_is_retried_without_losing_or_repeating_a_cell(triton):
     images = list(np.random.default_rng(5).integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
-    with Classifier.load(str(triton.tiny)) as local:
+    with Classifier.load(str(triton.tiny), backend="onnxruntime") as local:
         expected = local.predict_batch(images)
     options = {"timeout": 1.0, "retries": 2}
     with Classifier.load(f"{triton.grpc_url}/tiny_slow_retry", batch_size=4, runner_options=options) as remote:

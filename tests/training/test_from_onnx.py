@@ -18,7 +18,7 @@ def test_torch_runs_the_shipped_model_as_onnx_runtime_does(sample_paths):
     if "fp32" not in shipped_models():
         pytest.skip("the FP32 model is not in this checkout")
     paths = sample_paths[:12]
-    with Classifier.load(backend="torch") as by_torch, Classifier.load(precision="fp32") as by_ort:
+    with Classifier.load(backend="torch") as by_torch, Classifier.load(precision="fp32", backend="onnxruntime") as by_ort:
         assert by_torch.backend == "torch" and by_torch.metadata.classes == by_ort.metadata.classes
         a, b = by_torch.predict_batch(paths), by_ort.predict_batch(paths)
     assert [p.label for p in a] == [p.label for p in b]

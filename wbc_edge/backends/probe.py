@@ -7,11 +7,13 @@ batch, and records the median time per image of each in the per-user cache
 the thread count, the model file's sha256 and both libraries' versions.
 
 ``Classifier.load(backend="auto")`` on an ONNX model on the CPU then runs
-OpenVINO only where a probe cached for exactly that key measured it at least
-:data:`MARGIN` faster than ONNX Runtime; everywhere else (no probe cached,
-OpenVINO not installed, another CPU, another model, a GPU asked for) it runs
-ONNX Runtime, as before. It never probes by itself: a probe takes seconds,
-which a first call should not pay unasked. The reason for the choice is in
+OpenVINO where a probe cached for exactly that key measured it at least
+:data:`MARGIN` faster than ONNX Runtime, and ONNX Runtime where the probe says
+otherwise. Without a cached probe it follows the CPU's flags, by what was
+measured on CPUs of each kind (:func:`engine_by_cpu_flags`): OpenVINO with AMX,
+ONNX Runtime without. OpenVINO not installed or a GPU asked for: ONNX Runtime.
+It never probes by itself: a probe takes seconds, which a first call should
+not pay unasked. The reason for the choice is in
 ``Classifier.backend_reason``, the report's ``model.backend_reason`` and
 ``wbc-edge info``.
 
@@ -43,6 +45,8 @@ MARGIN = 0.05
 #: The engines a probe compares, the first being the one kept without a probe.
 CPU_ENGINES = ("onnxruntime", "openvino")
 PROBE_FILE = "cpu-engines.json"
+#: CPU flags of the matrix extensions OpenVINO uses and ONNX Runtime does not (engine_by_cpu_flags).
+AMX_FLAGS = frozenset({"amx_int8", "amx_bf16"})
 #: Probe defaults: images per timed batch, timed rounds per engine.
 PROBE_BATCH = 32
 PROBE_ROUNDS = 5
@@ -207,8 +211,7 @@ def choose_cpu_engine(path: str | os.PathLike, num_threads: int | None = None) -
     except OSError as error:
         return "onnxruntime", f"onnxruntime: the engine probe cache cannot be read ({error})"
     if found is None:
-        return "onnxruntime", ("onnxruntime: no engine probe cached for this model, CPU and thread count "
-                               "(run 'wbc-edge info --probe' to measure whether openvino is faster here)")
+        return engine_by_cpu_flags()
     ms = found.get("ms_per_image", {})
     backend = winner(ms)
     measured = (f"openvino {ms.get('openvino', float('nan')):.3f}, onnxruntime {ms.get('onnxruntime', float('nan')):.3f} "
@@ -218,6 +221,25 @@ def choose_cpu_engine(path: str | os.PathLike, num_threads: int | None = None) -
         return backend, f"openvino: measured faster than onnxruntime on this CPU ({measured})"
     return backend, (f"onnxruntime: openvino was not measured at least {MARGIN:.0%} faster on this CPU "
                      f"({measured})")
+
+
+def engine_by_cpu_flags(flags: list[str] | None = None) -> tuple[str, str]:
+    """Without a probe: the engine measured faster on CPUs like this one, and why.
+
+    Each branch rests on a measurement (docs/measurements.md, "CPU engines"):
+    with AMX (Intel Xeon 4th generation and later) OpenVINO ran the shipped
+    INT8 model 1.6-1.8x and the FP32 model 2.5-2.7x as fast as ONNX Runtime;
+    without it (an AMD Zen 5 machine) OpenVINO's INT8 was 0.71x, so ONNX
+    Runtime stays.
+    """
+    present = set(cpu_flags() if flags is None else flags)
+    amx = sorted(present & AMX_FLAGS)
+    if amx:
+        return "openvino", (f"openvino: this CPU has AMX ({', '.join(amx)}), where openvino measured faster than "
+                            "onnxruntime; no engine probe cached for this model, CPU and thread count "
+                            "('wbc-edge info --probe' measures this machine)")
+    return "onnxruntime", ("onnxruntime: no engine probe cached for this model, CPU and thread count, and no AMX "
+                           "(run 'wbc-edge info --probe' to measure whether openvino is faster here)")
 
 
 def choose_backend(path: str | os.PathLike, backend: str = "auto", *, device: str | None = None,
