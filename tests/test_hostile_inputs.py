@@ -234,6 +234,43 @@ def test_batch_size_is_capped_with_a_message(capsys, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["differential"]["total"] == 16
 
 
+def test_the_python_api_caps_the_batch_size_too(classifier):
+    paths = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    with pytest.warns(UserWarning, match="batch_size 100000 is more than 256: using 256"):
+        big = Classifier.load(batch_size=100000)
+    with big:
+        assert big.batch_size == 256
+        with pytest.warns(UserWarning, match="batch_size 1000000 is more than 256"):
+            streamed = list(big.predict_stream(paths, batch_size=1_000_000))
+    assert [p.label for p in streamed] == [p.label for p in classifier.predict_batch(paths)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+def test_two_dozen_huge_pngs_classify_within_4_gib_of_address_space(tmp_path, cell_rgb):
+    """24 PNGs of 9459 x 9459 (under the bomb limit; 268 MB each when
+    decoded, 6.4 GB together) classify with the address space capped at
+    4 GiB: huge images are decoded one at a time and reduced before kept."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    cell_rgb.resize((9459, 9459)).save(folder / "h00.png", compress_level=1)
+    for i in range(1, 24):
+        shutil.copyfile(folder / "h00.png", folder / f"h{i:02d}.png")
+    out = tmp_path / "r.json"
+
+    def limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    done = subprocess.run([sys.executable, "-c", "import sys; from wbc_edge.cli import main; sys.exit(main())",
+                           "classify", str(folder), "--out", str(out), "--no-progress"],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["differential"]["total"] == 24 and report["differential"]["errors"] == 0
+
+
 # --- 7: model metadata that would poison the run --------------------------------------------
 
 GOOD = {"classes": ["a", "b"], "input_size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}

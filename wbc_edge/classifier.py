@@ -18,6 +18,7 @@ policy, and run by a backend runner; confidences are
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,18 @@ from .stream import DEFAULT_MAX_WAIT, read_ahead
 DEFAULT_BATCH_SIZE = 64
 #: Batches read ahead by predict_stream while one runs.
 DEFAULT_PREFETCH = 2
+#: The largest batch size: memory grows with the images in flight (about three
+#: batches), and larger batches gain nothing on any backend; larger asks are capped.
+MAX_BATCH_SIZE = 256
 
+
+
+def _capped(batch_size: int) -> int:
+    if batch_size <= MAX_BATCH_SIZE:
+        return batch_size
+    warnings.warn(f"batch_size {batch_size} is more than {MAX_BATCH_SIZE}: using {MAX_BATCH_SIZE} (memory grows "
+                  "with the batch, speed does not)", stacklevel=3)
+    return MAX_BATCH_SIZE
 
 
 @dataclass
@@ -98,7 +110,7 @@ class Classifier:
         self.num_threads = int(num_threads or default_num_threads())
         self.max_pixels = max_pixels
         limit = runner.max_batch_size
-        self.batch_size = int(min(batch_size, limit) if limit else batch_size)
+        self.batch_size = _capped(int(min(batch_size, limit) if limit else batch_size))
         self._closed = False
         self.review = review
         runner.check_outputs(where=self.model_path)
@@ -270,6 +282,7 @@ class Classifier:
             raise WbcEdgeError(f"max_wait must be None or a number of seconds >= 0, got {max_wait!r}")
         if self.runner.max_batch_size:
             size = min(size, self.runner.max_batch_size)
+        size = _capped(size)
         if is_stack(inputs):
             check_stack(inputs)
             return self._run(self._stack_chunks(inputs, size), cam)

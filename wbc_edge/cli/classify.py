@@ -45,14 +45,12 @@ import time
 from pathlib import Path
 
 from ..backends import BACKENDS
+from ..classifier import MAX_BATCH_SIZE
 from ..decode import MAX_PIXELS as MAX_PIXELS_DEFAULT
 from ..errors import WbcEdgeError
 
 #: Per-image lines are printed for runs up to this many inputs (--per-image auto).
 PER_IMAGE_AUTO_LIMIT = 20
-#: The largest --batch-size: memory grows with the images in flight (about
-#: three batches), and larger batches gain nothing on any backend.
-MAX_BATCH_SIZE = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
