@@ -45,9 +45,17 @@ def test_only_fp32_shipped(tmp_path, monkeypatch):
         models.resolve_model(precision="fp16")
 
 
+def with_cpu(monkeypatch, flags: list[str], machine: str = "x86_64") -> None:
+    from wbc_edge.backends import probe
+
+    monkeypatch.setattr(probe, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(probe.platform, "machine", lambda: machine)
+
+
 @needs_model
 def test_int8_cpu_is_the_cpu_default_when_shipped(tmp_path, monkeypatch):
     folder = fake_models(tmp_path, monkeypatch, ["fp32", "fp16", "int8-cpu", "int8-tensorrt"])
+    with_cpu(monkeypatch, ["avx2", "avx512f", "avx512_vnni"])
     assert models.default_precision("onnxruntime") == "int8"
     assert models.resolve_model() == folder / "default.int8-cpu.onnx"
     assert models.resolve_model(precision="int8", backend="onnxruntime") == folder / "default.int8-cpu.onnx"
@@ -157,3 +165,21 @@ def test_the_package_ships_the_default_model():
         assert (meta.classes, meta.input_size, meta.mean, meta.std, meta.temperature) == \
             (fp32.classes, fp32.input_size, fp32.mean, fp32.std, fp32.temperature)
         assert meta.source_sha256 == fp32_sha, f"{variant} was not made from the shipped FP32 model"
+
+
+@needs_model
+@pytest.mark.parametrize(("flags", "machine", "default"), [
+    (["avx2"], "x86_64", "fp32"),                            # AVX2 only: U8S8 saturates
+    (["avx2", "avx512f"], "x86_64", "fp32"),                 # AVX-512 without VNNI: still VPMADDUBSW
+    (["avx2", "avx_vnni"], "x86_64", "int8"),
+    (["avx2", "avx512f", "amx_tile", "amx_int8"], "x86_64", "int8"),
+    (["asimd"], "aarch64", "int8"),                          # no 16-bit step on Arm
+])
+def test_int8_cpu_is_the_default_only_where_the_cpu_runs_it_exactly(tmp_path, monkeypatch, flags, machine, default):
+    folder = fake_models(tmp_path, monkeypatch, ["fp32", "int8-cpu"])
+    with_cpu(monkeypatch, flags, machine)
+    assert models.default_precision("onnxruntime") == default
+    assert models.resolve_model() == folder / f"default.{default.replace('int8', 'int8-cpu')}.onnx"
+    if default == "fp32":  # asked for by name it is still given, with the reason it may differ
+        with pytest.warns(UserWarning, match="no VNNI or AMX.*saturate.*--precision fp32"):
+            assert models.resolve_model(precision="int8") == folder / "default.int8-cpu.onnx"

@@ -166,6 +166,8 @@ def default_model_info() -> dict[str, Any] | None:
             "metadata": str(model.metadata_path),
             "size_mb": round(model.path.stat().st_size / 1e6, 1),
         }
+    from .backends.probe import exact_int8
+
     try:
         cpu_default = default_precision("onnxruntime")
     except WbcEdgeError:
@@ -178,6 +180,7 @@ def default_model_info() -> dict[str, Any] | None:
         "temperature": meta.temperature,
         "precisions": sorted({m.precision for m in shipped.values()}, key=["fp32", "fp16", "int8"].index),
         "default_precision_cpu": cpu_default,
+        "int8_cpu_exact_here": exact_int8(),
         "variants": variants,
         "not_shipped": {v: make_command(v) for v in VARIANTS if v not in shipped},
     }

@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("torch", reason="the test model is exported with PyTorch (pip install 'wbc-edge[export]')")
 onnx = pytest.importorskip("onnx", reason="calibration needs onnx (pip install 'wbc-edge[quantize]')")
 
-from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, sample_rows  # noqa: E402
+from tests.conftest import SAMPLE_DIR, SAMPLE_MANIFEST, needs_exact_int8, sample_rows  # noqa: E402
 from tests.export.test_export import MODELS, export_fixture, sample_batch  # noqa: E402
 from wbc_edge.calibration import graph_prep  # noqa: E402
 from wbc_edge.calibration.calibrate import calibrate, record_path_for  # noqa: E402
@@ -290,6 +290,7 @@ def sample_parity(variant: str) -> dict:
     return compare_models(shipped("fp32"), shipped(variant), SAMPLE_DIR, SAMPLE_MANIFEST, progress=False)
 
 
+@needs_exact_int8
 @skip_unless_shipped("fp32", "int8-cpu")
 def test_shipped_int8_cpu_agrees_with_fp32_on_the_sample():
     report = sample_parity("int8-cpu")
@@ -351,6 +352,7 @@ def test_shipped_calibration_records_hold_training_images_only():
         assert record["source"]["sha256"] == sha256_of(shipped("fp32"))
 
 
+@needs_exact_int8
 @skip_unless_shipped("fp32", "int8-cpu")
 def test_shipped_int8_cpu_keeps_the_extra_outputs_in_float():
     """The guard's score and the maps leave the INT8 graph as float32, close

@@ -47,6 +47,11 @@ CPU_ENGINES = ("onnxruntime", "openvino")
 PROBE_FILE = "cpu-engines.json"
 #: CPU flags of the matrix extensions OpenVINO uses and ONNX Runtime does not (engine_by_cpu_flags).
 AMX_FLAGS = frozenset({"amx_int8", "amx_bf16"})
+#: x86 extensions with 8-bit dot products that accumulate in 32 bits (VNNI, AMX).
+#: Without them the U8S8 kernels of ONNX Runtime and OpenVINO (VPMADDUBSW) add
+#: pairs of products in 16 bits, which saturate: docs/measurements.md, "INT8 and
+#: the CPU's instructions".
+EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 #: Probe defaults: images per timed batch, timed rounds per engine.
 PROBE_BATCH = 32
 PROBE_ROUNDS = 5
@@ -96,6 +101,15 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def exact_int8(flags: list[str] | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU runs the shipped INT8-CPU model (U8S8) as calibrated:
+    on x86 only with VNNI or AMX; other architectures have no 16-bit step."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    return bool(set(cpu_flags() if flags is None else flags) & EXACT_INT8_FLAGS)
 
 
 def model_sha256(path: str | os.PathLike) -> str:

@@ -83,7 +83,8 @@ def format_info(info: dict) -> str:
     else:
         lines.append(f"  {model['name']}: {len(model['classes'])} classes ({', '.join(model['classes'])}), "
                      f"input {model['input_size'][0]}x{model['input_size'][1]}, temperature {model['temperature']:.3f}")
-        lines.append(f"  precisions: {', '.join(model['precisions'])}; default on CPU: {model['default_precision_cpu']}")
+        why = "" if model["int8_cpu_exact_here"] else " (this CPU has no VNNI or AMX: INT8-CPU would saturate here)"
+        lines.append(f"  precisions: {', '.join(model['precisions'])}; default on CPU: {model['default_precision_cpu']}{why}")
         for variant, v in model["variants"].items():
             lines.append(f"  {variant:<14}{v['size_mb']:>6.1f} MB  {v['path']}")
         for variant in model["not_shipped"]:

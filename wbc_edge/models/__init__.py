@@ -10,7 +10,7 @@ variant            precision  for
 =================  =========  ==========================================================
 ``fp32``           fp32       the reference; any backend that runs ONNX
 ``fp16``           fp16       TensorRT (build an engine from it); slow on CPUs
-``int8-cpu``       int8       onnxruntime on x86 CPUs (uint8 activations, VNNI/AMX)
+``int8-cpu``       int8       onnxruntime/OpenVINO on x86 CPUs with VNNI or AMX (U8S8)
 ``int8-tensorrt``  int8       TensorRT (symmetric Q/DQ; build an engine from it)
 =================  =========  ==========================================================
 
@@ -38,7 +38,7 @@ _PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-cpu": "int8", "int8-tensorrt
 
 # The default precision per backend, best first; the first shipped one wins.
 # onnxruntime on a CPU: INT8 for CPUs is the fastest (docs/measurements.md) within
-# the INT8 parity targets; FP16 is last because
+# the INT8 parity targets where the CPU has VNNI or AMX (else FP32: default_precision); FP16 is last because
 # CPUs emulate it (slower than FP32). TensorRT: INT8, then FP16, then FP32.
 _PREFERENCE = {
     "onnxruntime": ("int8", "fp32", "fp16"),
@@ -101,12 +101,35 @@ def variant_for(precision: str, backend: str) -> str:
 
 def default_precision(backend: str = "onnxruntime", shipped: dict[str, ShippedModel] | None = None) -> str:
     """The precision used when none is asked for: the fastest shipped one for
-    the backend (on CPU: INT8 if ``int8-cpu`` is shipped, else FP32)."""
+    the backend (on CPU: INT8 if ``int8-cpu`` is shipped and this CPU runs it
+    exactly, else FP32)."""
     shipped = shipped_models() if shipped is None else shipped
     for precision in _PREFERENCE.get(backend, _PREFERENCE["onnxruntime"]):
-        if variant_for(precision, backend) in shipped:
+        variant = variant_for(precision, backend)
+        if variant in shipped and (variant != "int8-cpu" or _exact_int8()):
             return precision
     raise _no_default_model()
+
+
+def _exact_int8() -> bool:
+    from ..backends.probe import exact_int8
+
+    return exact_int8()
+
+
+#: What an explicit INT8-CPU choice is told on a CPU without VNNI or AMX.
+INEXACT_INT8_WARNING = (
+    "this CPU has no VNNI or AMX, so the INT8-CPU model's 8-bit products saturate here and its answers can "
+    "differ from FP32's (measured: 11 of 208 sample cells on an AVX2-only CPU, docs/measurements.md); "
+    "the default on such a CPU is FP32 (--precision fp32)"
+)
+
+
+def _warn_if_inexact(variant: str) -> None:
+    if variant == "int8-cpu" and not _exact_int8():
+        import warnings
+
+        warnings.warn(INEXACT_INT8_WARNING, stacklevel=3)
 
 
 def resolve_model(model: str | os.PathLike | None = None, precision: str | None = None,
@@ -156,6 +179,7 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
     if precision is None:
         precision = default_precision(target)
     variant = variant_for(precision, target)
+    _warn_if_inexact(variant)
     shipped = shipped_models()
     if target == "tensorrt":
         onnx = shipped[variant].path if variant in shipped else variant_path(variant)
@@ -191,6 +215,7 @@ def _directory_variant(folder: Path, precision: str | None, backend: str) -> Pat
     if precision is None:
         precision = default_precision(target, present)
     variant = variant_for(precision, target)
+    _warn_if_inexact(variant)
     if target == "tensorrt":
         onnx = present.get(variant, present.get("fp32")).path
         raise WbcEdgeError(f"TensorRT runs engines built on the GPU they run on: build one from {onnx} with\n"
