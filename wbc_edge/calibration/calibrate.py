@@ -11,9 +11,12 @@ command, so a run can be repeated and audited.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,6 +86,23 @@ def repeat_command(onnx_path, out, precision, data, manifest, target, method, nu
     return " ".join(shlex.quote(a) for a in args)
 
 
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """With progress off, the quantizers' own prints and progress bars
+    (ONNX Runtime's calibrators, ModelOpt) are kept out of the output; if the
+    quantizer fails, what it printed is shown with the error."""
+    if not enabled:
+        yield
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            yield
+    except BaseException:
+        print(said.getvalue(), end="", file=sys.stderr)
+        raise
+
+
 def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision: str,
               data: str | os.PathLike, manifest: str | os.PathLike | None = None, target: str = "tensorrt",
               method: str | None = None, num_images: int | None = None, seed: int = DEFAULT_SEED,
@@ -149,12 +169,14 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
         if target == "tensorrt":
             from .int8_tensorrt import quantize_int8_tensorrt
 
-            converted = quantize_int8_tensorrt(folded, calibration_set.images, method, exclude)
+            with _quiet(not progress):
+                converted = quantize_int8_tensorrt(folded, calibration_set.images, method, exclude)
             tool = {"modelopt": _version("modelopt"), "onnxruntime": _version("onnxruntime")}
         else:
             from .int8_cpu import quantize_int8_cpu
 
-            converted = quantize_int8_cpu(folded, calibration_set.images, method, exclude)
+            with _quiet(not progress):
+                converted = quantize_int8_cpu(folded, calibration_set.images, method, exclude)
             tool = {"onnxruntime": _version("onnxruntime")}
         graph_prep.remove_unused_opsets(converted, keep=("com.microsoft",) if target == "cpu" else ())
         record.update({"target": target, "method": method, "keep_float": list(keep_float),
