@@ -7,11 +7,10 @@ The method, chosen by measurement (MODEL_CARD.md, "Adapting to a lab"):
   training set (a few dozen cells estimate them badly; re-estimating them on
   the new lab alone, AdaBN, did not help in our measurement and cost the
   original lab accuracy).
-* **Replay of the original lab, distilled.** Each step trains on as many
-  shipped PBC reference cells (``wbc_edge/models/reference_cells``, role
-  ``replay``) as new-lab cells, with their labels and the base model's
-  softened answers (knowledge distillation, Hinton et al. 2015), so the
-  classes the new lab did not label, and the original lab's look, are kept.
+* **Replay of the original lab.** Each step trains on as many shipped PBC
+  reference cells (``wbc_edge/models/reference_cells``, role ``replay``) as
+  new-lab cells, so the classes the new lab did not label, and the original
+  lab's look, are kept.
 * **Pseudo-labels for unlabelled cells**: the base model's most confident
   predictions on the clean image, at most a few per class, are the targets
   of augmented views (consistency, as in FixMatch); the rest are left out.
@@ -66,8 +65,6 @@ class AdaptConfig:
     epochs: int = 30          # passes over the new lab's cells
     batch_size: int = 32      # new-lab cells per step (and as many replayed PBC cells)
     lr: float = 3e-4
-    distill_weight: float = 1.0       # replayed cells also match the base model's soft answers
-    distill_temperature: float = 2.0
     min_steps: int = 40
     max_steps: int = 240
     seed: int = 0
@@ -182,11 +179,7 @@ def pseudo_labels(model, images: np.ndarray, temperature: float) -> tuple[np.nda
 
 def fine_tune(model, images: np.ndarray, labels: np.ndarray, replay: ImageSet, cfg: AdaptConfig):
     """Every weight tuned, BatchNorm statistics frozen (the network in eval mode),
-    each step on new-lab cells and as many replayed reference cells. The
-    replayed cells are also distilled from the base model (its softened
-    answers on the same augmented view): a dozen labels per class hold the
-    original lab's decision boundaries less well than the base's full answers."""
-    teacher = model.net.eval()
+    each step on new-lab cells and as many replayed reference cells."""
     model = copy.deepcopy(model)
     net, normalize = model.net, model.normalize
     params = [p for p in net.parameters()]
@@ -196,21 +189,14 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, replay: ImageSet, c
     steps = int(min(cfg.max_steps, max(cfg.min_steps, math.ceil(cfg.epochs * len(images) / cfg.batch_size))))
     gen = torch.Generator().manual_seed(cfg.seed)
     net.eval()
-    t = cfg.distill_temperature
     bar = tqdm(range(steps), desc="adapting", unit="step", disable=not cfg.progress, leave=False)
     for _ in bar:
         pick = torch.randint(0, len(images), (cfg.batch_size,), generator=gen).numpy()
         back = torch.randint(0, len(replay), (cfg.batch_size,), generator=gen).numpy()
-        x = normalize.standardize(torch.cat([augment(torch.from_numpy(images[pick]), cfg.augment, gen),
-                                             augment(torch.from_numpy(replay.images[back]), cfg.augment, gen)]))
+        x = torch.cat([augment(torch.from_numpy(images[pick]), cfg.augment, gen),
+                       augment(torch.from_numpy(replay.images[back]), cfg.augment, gen)])
         y = torch.from_numpy(np.concatenate([labels[pick], replay.labels[back]]))
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        if cfg.distill_weight > 0:
-            with torch.no_grad():
-                target = F.log_softmax(teacher(x[cfg.batch_size:]) / t, dim=1)
-            loss = loss + cfg.distill_weight * t * t * F.kl_div(
-                F.log_softmax(logits[cfg.batch_size:] / t, dim=1), target, reduction="batchmean", log_target=True)
+        loss = F.cross_entropy(net(normalize.standardize(x)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -355,7 +341,7 @@ def adapt(out: str | Path, *, labeled: str | Path | None = None, manifest: str |
 
     report = {
         "base_model": {"path": str(base_path), "sha256": sha256_of(base_path)},
-        "method": "fine-tuning, BatchNorm frozen, replay of PBC reference cells distilled from the base"
+        "method": "fine-tuning, BatchNorm frozen, replay of PBC reference cells"
                   + (", pseudo-labels of confident unlabelled cells" if len(unl) else ""),
         "labeled": {"source": None if labeled is None else str(labeled), "kind": kind, "cells": len(lab),
                     "trained_on": len(lab_train), "held_out": len(lab_held), "refused_rows": refused,
