@@ -256,7 +256,8 @@ def prototype(checkpoint, fp32_onnx, decoded_images, results_log, torch_threads)
         if tuple(runner.metadata.input_size) != tuple(meta.input_size):
             pytest.fail(f"the prototype's weights ({source}) are for input {meta.input_size}, the SDK's model "
                         f"{fp32_onnx} for {runner.metadata.input_size}")
-        logits = runner.infer(preprocess_batch(images, meta.input_size, policy=meta.resize_policy))
+        outputs = runner.infer(preprocess_batch(images, meta.input_size, policy=meta.resize_policy))
+        logits = outputs[:, runner.metadata.output_columns["logits"]]  # the guard's and the maps' columns follow
     difference = float(np.abs(reference - logits).max())
     same_labels = bool((reference.argmax(1) == logits.argmax(1)).all())
     results_log.workload["model"] = {"prototype_weights": source, "sdk_fp32_model": str(fp32_onnx),

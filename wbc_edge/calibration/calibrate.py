@@ -170,7 +170,7 @@ def calibrate(onnx_path: str | os.PathLike, out: str | os.PathLike, *, precision
             from .int8_tensorrt import quantize_int8_tensorrt
 
             with _quiet(not progress):
-                converted = quantize_int8_tensorrt(folded, calibration_set.images, method, exclude)
+                converted = quantize_int8_tensorrt(folded, calibration_set.images, method, exclude, quiet=not progress)
             tool = {"modelopt": _version("modelopt"), "onnxruntime": _version("onnxruntime")}
         else:
             from .int8_cpu import quantize_int8_cpu

@@ -16,7 +16,9 @@ on ONNX Runtime's CPU execution provider: no GPU needed.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +40,8 @@ CALIBRATION_BATCH = 32
 
 
 def quantize_int8_tensorrt(model: onnx.ModelProto, images: np.ndarray, method: str = "max",
-                           exclude_nodes: Sequence[str] = (), high_precision: str = "fp32") -> onnx.ModelProto:
+                           exclude_nodes: Sequence[str] = (), high_precision: str = "fp32",
+                           quiet: bool = False) -> onnx.ModelProto:
     """``model`` (float32, BatchNorm folded: see ``graph_prep.fold_for_quantization``)
     quantized to INT8 Q/DQ with ModelOpt, calibrated on ``images`` (uint8
     [N, H, W, 3], the model's input). ``exclude_nodes`` stay in float.
@@ -46,7 +49,8 @@ def quantize_int8_tensorrt(model: onnx.ModelProto, images: np.ndarray, method: s
     ModelOpt runs in a child process: it monkeypatches ONNX Runtime's
     quantization classes for good when it quantizes (``ort_patching``), which
     would silently change what a later ``onnxruntime.quantization.quantize_static``
-    in this process computes (the ``--target cpu`` path)."""
+    in this process computes (the ``--target cpu`` path). ``quiet``: what the
+    child prints goes to a log, shown only if the quantization fails."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} for --target tensorrt, got {method!r}")
     if high_precision not in HIGH_PRECISIONS:
@@ -61,9 +65,15 @@ def quantize_int8_tensorrt(model: onnx.ModelProto, images: np.ndarray, method: s
         source, data, out = Path(tmp) / "fp32.onnx", Path(tmp) / "images.npy", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
         np.save(data, images)
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(_quantize_file, str(source), str(data), str(out), method, list(exclude_nodes),
-                        high_precision).result()
+        log = Path(tmp) / "modelopt.log" if quiet else None
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pool.submit(_quantize_file, str(source), str(data), str(out), method, list(exclude_nodes),
+                            high_precision, log and str(log)).result()
+        except BaseException:
+            if log is not None and log.exists():
+                print(log.read_text(errors="replace"), end="", file=sys.stderr)
+            raise
         return onnx.load(str(out))
 
 
@@ -75,8 +85,13 @@ def exclusion_patterns(names: Sequence[str]) -> list[str]:
 
 
 def _quantize_file(source: str, data: str, out: str, method: str, exclude_nodes: list[str],
-                   high_precision: str) -> None:
-    """ModelOpt PTQ of the ONNX file ``source`` into ``out`` (runs in the child process)."""
+                   high_precision: str, log: str | None = None) -> None:
+    """ModelOpt PTQ of the ONNX file ``source`` into ``out`` (runs in the child process;
+    with ``log``, its output, C libraries' included, goes to that file)."""
+    if log is not None:
+        with open(log, "w") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
     import onnx
     from modelopt.onnx.quantization import quantize
 
