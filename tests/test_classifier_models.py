@@ -180,6 +180,23 @@ def test_int8_cpu_is_the_default_only_where_the_cpu_runs_it_exactly(tmp_path, mo
     with_cpu(monkeypatch, flags, machine)
     assert models.default_precision("onnxruntime") == default
     assert models.resolve_model() == folder / f"default.{default.replace('int8', 'int8-cpu')}.onnx"
-    if default == "fp32":  # asked for by name it is still given, with the reason it may differ
+    assert models.resolve_model(precision="int8") == folder / "default.int8-cpu.onnx"  # asked for: given
+
+
+@needs_model
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_loading_int8_cpu_where_it_saturates_warns(monkeypatch, backend, recwarn):
+    """Whichever way the INT8-CPU model is named (precision, file), loading it
+    on a CPU without VNNI or AMX says its answers may differ, and why."""
+    pytest.importorskip(backend)
+    from wbc_edge import Classifier
+
+    with_cpu(monkeypatch, ["avx2"])
+    for load in (dict(precision="int8"), dict(model=models.shipped_models()["int8-cpu"].path)):
         with pytest.warns(UserWarning, match="no VNNI or AMX.*saturate.*--precision fp32"):
-            assert models.resolve_model(precision="int8") == folder / "default.int8-cpu.onnx"
+            Classifier.load(backend=backend, **load).close()
+    recwarn.clear()
+    with_cpu(monkeypatch, ["avx2", "avx512f", "avx512_vnni"])
+    Classifier.load(backend=backend, precision="int8").close()
+    Classifier.load(backend=backend, precision="fp32").close()
+    assert not [w for w in recwarn if "VNNI" in str(w.message)]

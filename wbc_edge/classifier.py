@@ -36,7 +36,7 @@ from .errors import MissingDependencyError, WbcEdgeError
 from .inputs import DecodedInputs, as_sequence, check_stack, decode_inputs, is_stack
 from .metadata import ModelMetadata
 from .metrics import softmax
-from .models import resolve_model, shipped_variant, verify_shipped
+from .models import resolve_model, shipped_variant, verify_shipped, warn_if_inexact_int8
 from .prediction import Prediction
 from .preprocess import default_num_threads, preprocess_batch
 from .review import ReviewPolicy
@@ -171,6 +171,7 @@ class Classifier:
         try:
             if variant is not None:
                 verify_shipped(runner.metadata, variant)
+            warn_if_inexact_int8(runner.metadata, chosen)
             classifier = cls(runner, batch_size=batch_size, review=review, num_threads=num_threads,
                              model_path=None if is_model_url(path) else path, variant=variant, max_pixels=max_pixels)
             classifier.backend_reason = reason

@@ -117,16 +117,19 @@ def _exact_int8() -> bool:
     return exact_int8()
 
 
-#: What an explicit INT8-CPU choice is told on a CPU without VNNI or AMX.
+#: What loading an INT8-CPU model on a CPU without VNNI or AMX is told (Classifier.load).
 INEXACT_INT8_WARNING = (
     "this CPU has no VNNI or AMX, so the INT8-CPU model's 8-bit products saturate here and its answers can "
-    "differ from FP32's (measured: 11 of 208 sample cells on an AVX2-only CPU, docs/measurements.md); "
-    "the default on such a CPU is FP32 (--precision fp32)"
+    "differ from FP32's (measured on an AVX2-only CPU: 11 of 208 sample cells with onnxruntime, 29 with "
+    "openvino; docs/measurements.md); the default on such a CPU is FP32 (--precision fp32)"
 )
 
 
-def _warn_if_inexact(variant: str) -> None:
-    if variant == "int8-cpu" and not _exact_int8():
+def warn_if_inexact_int8(metadata: ModelMetadata, backend: str) -> None:
+    """Warns when a U8S8 model made for CPUs runs where it saturates."""
+    target = (metadata.quantization or {}).get("target")
+    if (backend in ("onnxruntime", "openvino") and metadata.precision == "int8" and target == "cpu"
+            and not _exact_int8()):
         import warnings
 
         warnings.warn(INEXACT_INT8_WARNING, stacklevel=3)
@@ -179,7 +182,6 @@ def resolve_model(model: str | os.PathLike | None = None, precision: str | None 
     if precision is None:
         precision = default_precision(target)
     variant = variant_for(precision, target)
-    _warn_if_inexact(variant)
     shipped = shipped_models()
     if target == "tensorrt":
         onnx = shipped[variant].path if variant in shipped else variant_path(variant)
@@ -215,7 +217,6 @@ def _directory_variant(folder: Path, precision: str | None, backend: str) -> Pat
     if precision is None:
         precision = default_precision(target, present)
     variant = variant_for(precision, target)
-    _warn_if_inexact(variant)
     if target == "tensorrt":
         onnx = present.get(variant, present.get("fp32")).path
         raise WbcEdgeError(f"TensorRT runs engines built on the GPU they run on: build one from {onnx} with\n"
