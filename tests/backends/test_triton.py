@@ -29,8 +29,8 @@ from wbc_edge import Classifier
 from wbc_edge.cli import main
 from wbc_edge.errors import MetadataError, ModelMismatchError
 from wbc_edge.export.triton_repository import export_triton
-from wbc_edge.metadata import ModelMetadata
-from wbc_edge.models import shipped_models
+from wbc_edge.metadata import ModelMetadata, sidecar_path
+from wbc_edge.models import resolve_model, shipped_models
 
 pytestmark = pytest.mark.triton
 
@@ -91,7 +91,7 @@ def assert_same_predictions(remote, local):
 def test_predictions_through_triton_equal_the_local_run(triton, sample_paths, local_predictions, protocol):
     url = f"{triton.grpc_url if protocol == 'grpc' else triton.http_url}/wbc_resnet18"
     with Classifier.load(url, batch_size=8) as remote:
-        shipped = ModelMetadata.load(shipped_models()["int8-cpu"].metadata_path)
+        shipped = ModelMetadata.load(sidecar_path(resolve_model()))  # the default variant, exported by default
         assert remote.backend == "triton" and remote.metadata == shipped  # labels, temperature, guard: the server's
         described = remote.describe()
         assert described["runner"]["url"] == url and described["runner"]["max_batch_size"] == 16
