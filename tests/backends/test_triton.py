@@ -29,8 +29,8 @@ from wbc_edge import Classifier
 from wbc_edge.cli import main
 from wbc_edge.errors import MetadataError, ModelMismatchError
 from wbc_edge.export.triton_repository import export_triton
-from wbc_edge.metadata import ModelMetadata, sidecar_path
-from wbc_edge.models import resolve_model, shipped_models
+from wbc_edge.metadata import ModelMetadata
+from wbc_edge.models import shipped_models
 
 pytestmark = pytest.mark.triton
 
@@ -74,7 +74,8 @@ def triton(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_predictions(sample_paths):
-    with Classifier.load(batch_size=16, backend="onnxruntime") as local:  # the server runs onnxruntime
+    # the server runs onnxruntime on the INT8-CPU model, the export's default on every exporting CPU
+    with Classifier.load(batch_size=16, backend="onnxruntime", precision="int8") as local:
         return local.predict_batch(sample_paths)
 
 
@@ -91,7 +92,7 @@ def assert_same_predictions(remote, local):
 def test_predictions_through_triton_equal_the_local_run(triton, sample_paths, local_predictions, protocol):
     url = f"{triton.grpc_url if protocol == 'grpc' else triton.http_url}/wbc_resnet18"
     with Classifier.load(url, batch_size=8) as remote:
-        shipped = ModelMetadata.load(sidecar_path(resolve_model()))  # the default variant, exported by default
+        shipped = ModelMetadata.load(shipped_models()["int8-cpu"].metadata_path)  # exported by default
         assert remote.backend == "triton" and remote.metadata == shipped  # labels, temperature, guard: the server's
         described = remote.describe()
         assert described["runner"]["url"] == url and described["runner"]["max_batch_size"] == 16
@@ -101,8 +102,8 @@ def test_predictions_through_triton_equal_the_local_run(triton, sample_paths, lo
 
 
 def test_classify_through_triton_writes_the_same_report(triton, sample_dir, tmp_path, capsys):
-    assert main(["classify", str(sample_dir), "--backend", "onnxruntime", "--out", str(tmp_path / "local.json"),
-                 "--no-progress"]) == 0
+    assert main(["classify", str(sample_dir), "--backend", "onnxruntime", "--precision", "int8",
+                 "--out", str(tmp_path / "local.json"), "--no-progress"]) == 0
     url = f"{triton.grpc_url}/wbc_resnet18"
     assert main(["classify", str(sample_dir), "--model", url, "--out", str(tmp_path / "triton.json"),
                  "--no-progress"]) == 0

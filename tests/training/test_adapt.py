@@ -16,6 +16,7 @@ pytest.importorskip("onnx", reason="the onnx package is needed (pip install 'wbc
 
 from tests.conftest import sample_rows  # noqa: E402
 from wbc_edge import Classifier  # noqa: E402
+from wbc_edge.backends.probe import exact_int8  # noqa: E402
 from wbc_edge.cli import main  # noqa: E402
 from wbc_edge.models import resolve_model, shipped_models  # noqa: E402
 from wbc_edge.training.adapt import AdaptConfig, AdaptError, adapt, reference_samples  # noqa: E402
@@ -94,7 +95,8 @@ def test_adapting_to_corrections_writes_a_model_directory_every_command_takes(tm
     check = report["before_after"]["pbc_reference_check_cells"]
     assert check["before"]["cells"] == 48 and 0 <= check["after"]["balanced_accuracy"] <= 1
 
-    assert resolve_model(out) == out / "model.int8-cpu.onnx"
+    cpu_default = "int8-cpu" if exact_int8() else "fp32"  # picked as for the shipped model
+    assert resolve_model(out) == out / f"model.{cpu_default}.onnx"
     with Classifier.load(out) as adapted, Classifier.load(out, precision="fp32") as fp32:
         a, b = adapted.predict_batch(images[:4]), fp32.predict_batch(images[:4])
     assert all(p.ok and p.ood_score is not None for p in a + b)

@@ -4,7 +4,8 @@ REPO holds two models, both configured from the model's metadata (input name
 and shape, outputs, labels, batching):
 
   NAME            onnxruntime_onnx: config.pbtxt, labels.txt, 1/model.onnx (the
-                  INT8-CPU variant by default; --precision fp32 for the FP32 one).
+                  INT8-CPU variant by default, whatever CPU exports; --precision
+                  fp32 for the FP32 one, for servers without VNNI or AMX).
                   Runs on any Triton server, CPU or GPU.
   NAME_tensorrt   tensorrt_plan: config.pbtxt, labels.txt, the ONNX to build
                   from, and build-engine.sh, the exact 'wbc-edge build-engine'

@@ -94,6 +94,14 @@ def output_dims(meta: ModelMetadata) -> dict[str, list[int]]:
     return dims
 
 
+def _has_int8_cpu(model) -> bool:
+    from wbc_edge.models import folder_models, shipped_models
+
+    if model is None:
+        return "int8-cpu" in shipped_models()
+    return Path(model).is_dir() and "int8-cpu" in folder_models(Path(model))
+
+
 def export_triton(out: str | os.PathLike, model: str | os.PathLike | None = None, *, precision: str | None = None,
                   name: str = DEFAULT_NAME, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, instances: int = 1,
                   queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, force: bool = False) -> TritonExport:
@@ -101,8 +109,10 @@ def export_triton(out: str | os.PathLike, model: str | os.PathLike | None = None
     file, a model directory, or None: the shipped model).
 
     ``precision`` picks the variant of the shipped model or a model directory
-    as ``classify`` does (onnxruntime: ``int8`` runs ``int8-cpu``, the CPU
-    default; TensorRT: ``int8-tensorrt``, then fp16, fp32).
+    (onnxruntime: ``int8`` runs ``int8-cpu``; TensorRT: ``int8-tensorrt``,
+    then fp16, fp32). Without it the onnxruntime model is ``int8-cpu`` where
+    there is one, whatever CPU exports: the repository is for the server's CPU
+    (with VNNI or AMX; ``precision="fp32"`` for one without), not this one's.
 
     Raises:
         WbcEdgeError: bad arguments, ``out`` exists without ``force``, or the
@@ -112,6 +122,8 @@ def export_triton(out: str | os.PathLike, model: str | os.PathLike | None = None
 
     _check_arguments(name, max_batch_size, instances, queue_delay_us)
     out = Path(out)
+    if precision is None and _has_int8_cpu(model):
+        precision = "int8"
     onnx_path = resolve_model(model, precision=precision, backend="onnxruntime")
     if onnx_path.suffix.lower() != ".onnx":
         raise WbcEdgeError(f"{onnx_path}: export-triton takes an ONNX model (or a model directory); "
