@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wbc_edge.backends.probe import exact_int8
+
 TESTS = Path(__file__).resolve().parent
 SAMPLE_DIR = TESTS / "data" / "pbc-sample"
 SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"
@@ -78,13 +80,7 @@ def shipped_fp32_checkpoint(tmp_path_factory) -> Path:
                            tmp_path_factory.mktemp("ckpt") / "rebuilt.pt")
 
 
-def _exact_int8() -> bool:
-    from wbc_edge.backends.probe import exact_int8
-
-    return exact_int8()
-
-
 #: INT8-CPU parity is a target only where the CPU runs U8S8 without saturating.
 needs_exact_int8 = pytest.mark.skipif(
-    not _exact_int8(), reason="this CPU has no VNNI or AMX: the U8S8 INT8-CPU model saturates here, so it is "
+    not exact_int8(), reason="this CPU has no VNNI or AMX: the U8S8 INT8-CPU model saturates here, so it is "
     "not the default and its parity with FP32 is not a target (docs/measurements.md)")

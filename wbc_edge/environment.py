@@ -149,6 +149,7 @@ def backend_status(gpu: dict[str, Any] | None = None) -> dict[str, dict[str, Any
 def default_model_info() -> dict[str, Any] | None:
     """The shipped default model: classes, input size, the precisions shipped
     and their files; None when the install ships none."""
+    from .backends.probe import exact_int8
     from .errors import WbcEdgeError
     from .metadata import ModelMetadata
     from .models import VARIANTS, default_precision, make_command, shipped_models
@@ -166,8 +167,6 @@ def default_model_info() -> dict[str, Any] | None:
             "metadata": str(model.metadata_path),
             "size_mb": round(model.path.stat().st_size / 1e6, 1),
         }
-    from .backends.probe import exact_int8
-
     try:
         cpu_default = default_precision("onnxruntime")
     except WbcEdgeError:

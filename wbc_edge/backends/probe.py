@@ -24,6 +24,7 @@ else ``~/.cache/wbc-edge``; OpenVINO's compiled models go in its
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -89,6 +90,13 @@ def cpu_model() -> str:
 def cpu_flags() -> list[str]:
     """The vector and matrix extensions an engine's speed depends on (part of
     the cache key: virtual machines often report one generic model name)."""
+    return list(_read_cpu_flags())
+
+
+@functools.cache
+def _read_cpu_flags() -> tuple[str, ...]:
+    """/proc/cpuinfo read once per process (the default precision, the INT8
+    check and the engine choice each ask on every load)."""
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "amx_int8", "amx_fp16", "avx_vnni", "asimd", "sve", "i8mm", "bf16")
     try:
@@ -97,10 +105,10 @@ def cpu_flags() -> list[str]:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
                     present = set(value.split())
-                    return [flag for flag in wanted if flag in present]
+                    return tuple(flag for flag in wanted if flag in present)
     except OSError:
         pass
-    return []
+    return ()
 
 
 def exact_int8(flags: list[str] | None = None, machine: str | None = None) -> bool:
