@@ -17,6 +17,7 @@ policy, and run by a backend runner; confidences are
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,6 +52,10 @@ DEFAULT_PREFETCH = 2
 #: batches), and larger batches gain nothing on any backend; larger asks are capped.
 MAX_BATCH_SIZE = 256
 
+
+
+def _runs_on_cpu_engine(backend: str, device: str | None) -> bool:
+    return backend == "openvino" or (backend == "onnxruntime" and (device is None or device.startswith("cpu")))
 
 
 def _capped(batch_size: int) -> int:
@@ -108,6 +113,9 @@ class Classifier:
         self.model_path = Path(model_path) if model_path is not None else None
         self.variant = variant
         self.num_threads = int(num_threads or default_num_threads())
+        # Each batch is read (decoded, preprocessed) on its stream's share of
+        # the threads, while the runner's other streams infer.
+        self._read_threads = max(1, self.num_threads // max(1, runner.streams))
         self.max_pixels = max_pixels
         limit = runner.max_batch_size
         self.batch_size = _capped(int(min(batch_size, limit) if limit else batch_size))
@@ -121,7 +129,8 @@ class Classifier:
     def load(cls, model: str | os.PathLike | None = None, backend: str = "auto", precision: str | None = None,
              *, batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
              review: ReviewPolicy | Mapping[str, Any] | None = None, num_threads: int | None = None,
-             max_pixels: int | None = MAX_PIXELS, runner_options: Mapping[str, Any] | None = None) -> Classifier:
+             max_pixels: int | None = MAX_PIXELS, streams: int | None = None,
+             runner_options: Mapping[str, Any] | None = None) -> Classifier:
         """Loads a model and returns a classifier for it.
 
         Args:
@@ -141,6 +150,11 @@ class Classifier:
                 onnxruntime; default: every CPU this process may use.
             max_pixels: larger images are refused as possible decompression
                 bombs (default: Pillow's limit, about 89 megapixels).
+            streams: the CPU engines (onnxruntime on the CPU, openvino):
+                batches inferred at once, the threads shared among them, so
+                that one batch is read while another runs
+                (:mod:`wbc_edge.backends.streams`); None: two, or one on a
+                single CPU; 1: the lowest latency for a single batch.
             runner_options: extra keyword arguments for the backend's runner.
 
         Raises:
@@ -158,13 +172,17 @@ class Classifier:
         if backend != "auto" and not library_available(backend):
             raise MissingDependencyError(f"the {backend} backend", install_hint(backend))
         path = resolve_model(model, precision=precision, backend=backend)
-        chosen, reason = choose_backend(path, backend, device=device, num_threads=num_threads,
+        chosen, reason = choose_backend(path, backend, device=device, num_threads=num_threads, streams=streams,
                                         custom_options=bool(runner_options))
         if chosen == "tensorrt" and path.suffix.lower() == ".onnx":
             raise WbcEdgeError(f"TensorRT runs engines built for this GPU, not ONNX files; build one with:\n"
                                f"  wbc-edge build-engine --onnx {path} --out {path.with_suffix('.engine').name}\n"
                                "then pass the .engine file as the model")
-        options = options_for(chosen, precision, device, num_threads)
+        if streams is not None and not _runs_on_cpu_engine(chosen, device):
+            raise WbcEdgeError(f"streams={streams!r}: streams are for the CPU engines (onnxruntime on the CPU, "
+                               f"openvino); the {chosen} backend{' on ' + device if device else ''} overlaps "
+                               "batches its own way")
+        options = options_for(chosen, precision, device, num_threads, streams)
         options.update(runner_options or {})
         variant = shipped_variant(path) if model is None else None
         runner = load_runner(path, backend=chosen, **options)
@@ -253,7 +271,8 @@ class Classifier:
         if is_stack(images):
             return list(self._run(self._stack_chunks(images, self.batch_size), cam))
         items = as_sequence(images, "predict_batch")
-        size = self.batch_size
+        # A batch smaller than the streams can take is split among them.
+        size = max(1, min(self.batch_size, math.ceil(len(items) / self.runner.streams)))
         return list(self._run((self._read(items[i:i + size]) for i in range(0, len(items), size)), cam))
 
     def predict_stream(self, inputs: Iterable, batch_size: int | None = None,
@@ -322,7 +341,7 @@ class Classifier:
         """Decodes a group of inputs (thread pool) and, unless the runner
         fills its own input memory, preprocesses them here (in predict_stream's
         readers, while the runner works on earlier batches)."""
-        decoded = decode_inputs(items, num_threads=self.num_threads, max_pixels=self.max_pixels,
+        decoded = decode_inputs(items, num_threads=self._read_threads, max_pixels=self.max_pixels,
                                 reduce_to=self.metadata.input_size)
         chunk = _Chunk(decoded.names, decoded.images, decoded.errors)
         if not self.runner.fills_input_memory:
@@ -340,7 +359,7 @@ class Classifier:
         boxes = np.zeros((len(images), 5), np.float32) if policy == "cell_center" else None
         try:
             batch = preprocess_batch(images, size, out=None if out is None else out[:len(images)],
-                                     num_threads=self.num_threads, policy=policy, boxes=boxes)
+                                     num_threads=self._read_threads, policy=policy, boxes=boxes)
             chunk.cell_found = None if boxes is None else boxes[:, 4] > 0
             # resized: the decoded images go now, not when the batch is answered
             # (only whether each input had one is used from here on)

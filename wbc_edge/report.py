@@ -100,9 +100,12 @@ def build_report(predictions: Sequence[Prediction], model: Mapping[str, Any],
     return {
         "wbc_edge_version": __version__,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {k: model.get(k) for k in
-                  ("name", "precision", "backend", "backend_reason", "classes", "input_size", "temperature", "path",
-                   "variant")},
+        "model": {**{k: model.get(k) for k in
+                     ("name", "precision", "backend", "backend_reason", "classes", "input_size", "temperature",
+                      "path", "variant")},
+                  # how the engine shared the CPU (threads, streams), where the runner says
+                  **{k: model.get("runner", {}).get(k) for k in ("num_threads", "streams", "threads_per_stream")
+                     if k in model.get("runner", {})}},
         "review_policy": dict(review_policy or {}),
         "images": [{**p.to_dict(), "path": safe_name(p.path), "same_file_as": safe_name((same_file or {}).get(i))}
                    for i, p in enumerate(predictions)],

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import MissingDependencyError, WbcEdgeError
 from ..installed import has
 from .base import Runner
+from .streams import check_streams, default_streams
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "torch")
 
@@ -84,10 +85,12 @@ def install_hint(backend: str) -> str:
 
 
 def options_for(backend: str, precision: str | None, device: str | None,
-                num_threads: int | None) -> dict[str, Any]:
+                num_threads: int | None, streams: int | None = None) -> dict[str, Any]:
     """Keyword arguments for a backend's runner from ``Classifier.load``'s
-    choices (precision, device, threads), or WbcEdgeError for a combination
-    the backend cannot run."""
+    choices (precision, device, threads, CPU streams: None for
+    :func:`~wbc_edge.backends.streams.default_streams`), or WbcEdgeError for
+    a combination the backend cannot run."""
+    cpu_streams = default_streams(num_threads) if streams is None else check_streams(streams)
     if backend == "onnxruntime":
         options: dict[str, Any] = {"num_threads": num_threads}
         if device is not None:
@@ -98,6 +101,8 @@ def options_for(backend: str, precision: str | None, device: str | None,
                 options["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             else:
                 raise WbcEdgeError(f"device {device!r}: the onnxruntime backend runs on 'cpu' or 'cuda' (GPU 0)")
+        if device is None or device.partition(":")[0] == "cpu":
+            options["streams"] = cpu_streams
         return options
     if backend == "torch":
         if precision == "int8":
@@ -110,7 +115,7 @@ def options_for(backend: str, precision: str | None, device: str | None,
     if backend == "openvino":
         if device is not None and device.partition(":")[0] != "cpu":
             raise WbcEdgeError(f"device {device!r}: the openvino backend runs on the CPU ('cpu')")
-        return {"num_threads": num_threads}
+        return {"num_threads": num_threads, "streams": cpu_streams}
     if backend == "triton":
         if device is not None or precision is not None:
             raise WbcEdgeError("a model on a Triton server runs where and as the server runs it: "

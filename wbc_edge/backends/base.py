@@ -12,9 +12,14 @@ into ``out`` (memory the runner owns, such as a pinned buffer it copies to
 the GPU from) or, given None, into an array of its own, and returns them
 (``n <= job.count``: preprocessing may refuse an image). A runner that can
 overlap work (copies and compute on a GPU, requests to a server) fills batch
-k+1 while batch k runs, inside ``run_batches``; the others run one job after
-another. ``infer(images)`` is the one-batch form, and gives the model's raw
-output rows (``metadata.output_columns`` says which column is what).
+k+1 while batch k runs, inside ``run_batches``. The CPU engines overlap by
+``streams``: that many jobs run at once, each on a thread of its own with its
+share of the engine's threads (OpenVINO's streams), so one batch's decoding
+and preprocessing, which the caller does while pulling the next job, and
+another's inference keep every core busy without more threads than cores.
+With one stream, jobs run one after another. ``infer(images)`` is the
+one-batch form, and gives the model's raw output rows
+(``metadata.output_columns`` says which column is what).
 
 Temperature, softmax and review policy are applied above the runner,
 identically for every backend.
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -76,6 +83,9 @@ class Runner(ABC):
     #: whether run_batches hands each job's fill memory of the runner's own
     #: (pinned buffers); if not, callers may prepare the images ahead, in other threads
     fills_input_memory: bool = False
+    #: jobs the base run_batches runs at once (fill and infer, a thread each);
+    #: a runner with more than one must be safe to infer from several threads
+    streams: int = 1
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -108,11 +118,33 @@ class Runner(ABC):
 
     def run_batches(self, jobs: Iterable[BatchJob]) -> Iterator[tuple[BatchJob, Outputs | None]]:
         """Each job with its outputs (None when it had no image to run), in
-        job order. This plain form fills and runs one job after another;
-        runners that overlap work override it."""
-        for job in jobs:
-            images = job.fill(None) if job.count else None
-            yield job, None if images is None or not len(images) else split_outputs(self.metadata, self.infer(images))
+        job order. This form fills and runs :attr:`streams` jobs at once (one
+        after another with one stream); runners that overlap work otherwise
+        (GPU copies, server requests) override it."""
+        if self.streams <= 1:
+            return (self._run_job(job) for job in jobs)
+        return self._run_streams(jobs)
+
+    def _run_job(self, job: BatchJob) -> tuple[BatchJob, Outputs | None]:
+        images = job.fill(None) if job.count else None
+        return job, None if images is None or not len(images) else split_outputs(self.metadata, self.infer(images))
+
+    def _run_streams(self, jobs: Iterable[BatchJob]) -> Iterator[tuple[BatchJob, Outputs | None]]:
+        # The next job is pulled (and, by the caller's generator, read) while
+        # the pool runs up to `streams` earlier ones; results leave in order.
+        running: deque[Future] = deque()
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix=f"wbc-{self.name}-stream")
+        try:
+            for job in jobs:
+                running.append(pool.submit(self._run_job, job))
+                if len(running) >= self.streams:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
+        finally:  # stopped early or failed: nothing new starts, and nothing runs on once we return
+            for future in running:
+                future.cancel()
+            pool.shutdown(wait=True)
 
     def check_outputs(self, where: object = None) -> None:
         """Runs one blank image: the model must give the values per image its

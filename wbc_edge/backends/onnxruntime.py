@@ -3,7 +3,9 @@
 Runs the FP32, FP16 and INT8 (Q/DQ) ONNX models. Providers are an explicit
 choice, as in ``onnxruntime.InferenceSession``; by default the CPU. Idle
 worker threads sleep instead of spinning (``spinning=True`` restores
-onnxruntime's default).
+onnxruntime's default). With ``streams`` above one, that many batches run at
+once (``InferenceSession.run`` is thread-safe), each with its share of the
+threads: see :mod:`wbc_edge.backends.streams`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 
 from ..errors import WbcEdgeError, require
 from ..metadata import ONNX_METADATA_KEY, resolve_metadata
-from ..preprocess import default_num_threads
 from .base import Runner
+from .streams import check_streams, threads_per_stream
 
 INSTALL = "pip install onnxruntime  (or onnxruntime-gpu for CUDA, never both)"
 
@@ -26,8 +28,9 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 num_threads: int | None = None, spinning: bool = False):
+                 num_threads: int | None = None, spinning: bool = False, streams: int = 1):
         ort = require("onnxruntime", "ONNX Runtime", INSTALL)
+        self.streams = check_streams(streams)
         path = Path(path)
         if not path.is_file():
             raise WbcEdgeError(f"{path}: ONNX model not found")
@@ -37,7 +40,8 @@ class OnnxRuntimeRunner(Runner):
         if missing:
             raise WbcEdgeError(f"ONNX Runtime providers {missing} are not available here; available: {available}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or default_num_threads()
+        self.num_threads, self.threads_per_stream = threads_per_stream(num_threads, self.streams)
+        options.intra_op_num_threads = self.threads_per_stream
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads spin by default; on an analyzer's few cores that
         # steals the CPU the decoding and preprocessing threads need meanwhile.
@@ -74,4 +78,6 @@ class OnnxRuntimeRunner(Runner):
         super().close()
 
     def describe(self) -> dict:
-        return {**super().describe(), "providers": self.providers, "model": str(self.path)}
+        return {**super().describe(), "providers": self.providers, "model": str(self.path),
+                "num_threads": self.num_threads, "streams": self.streams,
+                "threads_per_stream": self.threads_per_stream}

@@ -11,6 +11,12 @@ run their float parts in f32. ``inference_precision="f32"`` forces f32. The
 tolerances these hints are tested to (against ONNX Runtime on real cells)
 are in tests/backends/test_openvino.py and README's CPU engines section.
 
+With ``streams`` above one the model is compiled for that many of OpenVINO's
+streams (the THROUGHPUT hint, the threads shared among them) with an infer
+request each, and that many batches run at once (see
+:mod:`wbc_edge.backends.streams`); with one, for latency (all threads on one
+batch).
+
 Compiled models are cached (OpenVINO's ``CACHE_DIR``) in
 ``<cache>/openvino`` (see :func:`wbc_edge.backends.probe.cache_root`), so a
 second load skips compilation; ``cache_dir=False`` turns the cache off.
@@ -19,14 +25,15 @@ second load skips compilation; ``cache_dir=False`` turns the cache off.
 from __future__ import annotations
 
 import os
+import queue
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import WbcEdgeError, require
 from ..metadata import ONNX_METADATA_KEY, resolve_metadata
-from ..preprocess import default_num_threads
 from .base import Runner
+from .streams import check_streams, threads_per_stream
 
 INSTALL = "pip install 'wbc-edge[openvino]'  (or: pip install openvino)"
 
@@ -59,7 +66,8 @@ class OpenVinoRunner(Runner):
     name = "openvino"
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None,
-                 inference_precision: str | None = None, cache_dir: str | os.PathLike | bool | None = None):
+                 inference_precision: str | None = None, cache_dir: str | os.PathLike | bool | None = None,
+                 streams: int = 1):
         """
         Args:
             path: an ONNX model with uint8 NHWC input (``wbc-edge export``,
@@ -70,8 +78,10 @@ class OpenVinoRunner(Runner):
                 :func:`default_hint` for the model's precision and this CPU.
             cache_dir: where compiled models are cached; None: the per-user
                 cache (``<cache>/openvino``); False: no cache.
+            streams: batches inferred at once, the threads shared among them.
         """
         ov = require("openvino", "OpenVINO", INSTALL)
+        self.streams = check_streams(streams)
         path = Path(path)
         if not path.is_file():
             raise WbcEdgeError(f"{path}: ONNX model not found")
@@ -92,20 +102,26 @@ class OpenVinoRunner(Runner):
         self._check_io(model)
         self.capabilities = cpu_capabilities(core)
         self.inference_precision = inference_precision or default_hint(self.metadata.precision, self.capabilities)
-        self.num_threads = int(num_threads or default_num_threads())
+        self.num_threads, self.threads_per_stream = threads_per_stream(num_threads, self.streams)
         self.cache_dir = _usable_cache_dir(cache_dir)
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
         config = {"INFERENCE_PRECISION_HINT": self.inference_precision,
                   "INFERENCE_NUM_THREADS": self.num_threads,
                   "PERFORMANCE_HINT": "LATENCY"}
+        if self.streams > 1:
+            config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams})
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as error:
             raise WbcEdgeError(f"{path}: OpenVINO cannot compile it for the CPU ({error})") from None
         self.loaded_from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
         self.version = ov.get_version()
-        self._request = self.compiled.create_infer_request()
+        # One infer request per stream; a request is not thread-safe, so each
+        # batch takes a free one (and waits for one when all are busy).
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.streams):
+            self._requests.put(self.compiled.create_infer_request())
 
     def _check_io(self, model) -> None:
         inputs, outputs = model.inputs, model.outputs
@@ -121,19 +137,22 @@ class OpenVinoRunner(Runner):
             raise WbcEdgeError(f"{self.path}: the model has no output")
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
-        # One infer request, which is not thread-safe: one batch at a time.
-        with self._lock:
-            self._request.infer({0: np.ascontiguousarray(images)})
-            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
+        request = self._requests.get()
+        try:
+            request.infer({0: np.ascontiguousarray(images)})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        finally:
+            self._requests.put(request)
 
     def close(self) -> None:
-        self._request = None
+        self._requests = queue.SimpleQueue()
         self.compiled = None
         super().close()
 
     def describe(self) -> dict:
         return {**super().describe(), "model": str(self.path), "device": "CPU",
                 "inference_precision": self.inference_precision, "num_threads": self.num_threads,
+                "streams": self.streams, "threads_per_stream": self.threads_per_stream,
                 "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
                 "loaded_from_cache": self.loaded_from_cache, "openvino": self.version}
 

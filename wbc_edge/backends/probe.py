@@ -4,7 +4,8 @@
 on ONNX Runtime and on OpenVINO, alternating short timed rounds on the same
 batch, and records the median time per image of each in the per-user cache
 (``<cache>/cpu-engines.json``, written atomically), keyed by the CPU model,
-the thread count, the model file's sha256 and both libraries' versions.
+the thread count and streams, the model file's sha256 and both libraries'
+versions.
 
 ``Classifier.load(backend="auto")`` on an ONNX model on the CPU then runs
 OpenVINO where a probe cached for exactly that key measured it at least
@@ -40,6 +41,7 @@ from ..errors import WbcEdgeError
 from ..installed import has
 from ..metadata import sha256_of
 from ..preprocess import default_num_threads
+from .streams import default_streams
 
 #: OpenVINO is chosen only when it is at least this fraction faster than ONNX Runtime.
 MARGIN = 0.05
@@ -130,13 +132,15 @@ def model_sha256(path: str | os.PathLike) -> str:
     return _digests[key]
 
 
-def probe_key(path: str | os.PathLike, num_threads: int | None = None) -> dict[str, Any]:
-    """What a probe's result holds for: this CPU, thread count, model file and
-    library versions."""
+def probe_key(path: str | os.PathLike, num_threads: int | None = None, streams: int | None = None) -> dict[str, Any]:
+    """What a probe's result holds for: this CPU, thread count, streams
+    (None: the default for the threads), model file and library versions."""
     from ..environment import package_versions
 
     versions = package_versions()
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "num_threads": int(num_threads or default_num_threads()),
+    threads = int(num_threads or default_num_threads())
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "num_threads": threads,
+            "streams": default_streams(threads) if streams is None else streams,
             "model_sha256": model_sha256(path), "onnxruntime": versions.get("onnxruntime"),
             "openvino": versions.get("openvino")}
 
@@ -156,11 +160,12 @@ def load_probes(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
 
 
-def cached_probe(path: str | os.PathLike, num_threads: int | None = None) -> dict[str, Any] | None:
-    """The cached probe of this model on this CPU and thread count, or None."""
+def cached_probe(path: str | os.PathLike, num_threads: int | None = None,
+                 streams: int | None = None) -> dict[str, Any] | None:
+    """The cached probe of this model on this CPU, thread count and streams, or None."""
     if not probe_file().is_file():
         return None
-    return load_probes().get(_key_text(probe_key(path, num_threads)))
+    return load_probes().get(_key_text(probe_key(path, num_threads, streams)))
 
 
 def winner(timings: dict[str, float]) -> str:
@@ -172,35 +177,43 @@ def winner(timings: dict[str, float]) -> str:
     return "openvino"
 
 
-def probe(path: str | os.PathLike, num_threads: int | None = None, *, batch_size: int = PROBE_BATCH,
-          rounds: int = PROBE_ROUNDS, save: bool = True) -> dict[str, Any]:
+def probe(path: str | os.PathLike, num_threads: int | None = None, *, streams: int | None = None,
+          batch_size: int = PROBE_BATCH, rounds: int = PROBE_ROUNDS, save: bool = True) -> dict[str, Any]:
     """Times the model on both CPU engines and returns (and with ``save``,
     caches) ``{"key", "ms_per_image": {engine: ms}, "backend", "measured_at",
     "batch_size", "rounds"}``.
 
-    Both engines load first (their first batch, which sets them up, is not
-    timed); then ``rounds`` rounds alternate one timed batch on each, on the
-    same images, so load from elsewhere on the machine falls on both alike;
-    the median round counts.
+    Both engines load first, with the threads and streams they will run with
+    (their first batches, which set them up, are not timed); then ``rounds``
+    rounds alternate one timed round on each, one batch per stream at once,
+    on the same images, so load from elsewhere on the machine falls on both
+    alike; the median round counts.
     """
     from . import load_runner
+    from .base import BatchJob
 
     threads = int(num_threads or default_num_threads())
-    key = probe_key(path, threads)
+    streams = default_streams(threads) if streams is None else streams
+    key = probe_key(path, threads, streams)
     runners = {}
+
+    def one_round(runner) -> None:  # a batch per stream, through run_batches as the classifier runs them
+        for _ in runner.run_batches(BatchJob(batch_size, lambda out: images) for _ in range(streams)):
+            pass
+
     try:
         for engine in CPU_ENGINES:
-            runners[engine] = load_runner(path, backend=engine, num_threads=threads)
+            runners[engine] = load_runner(path, backend=engine, num_threads=threads, streams=streams)
         height, width = runners["onnxruntime"].metadata.input_size
         images = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)
         for runner in runners.values():
-            runner.infer(images)
+            one_round(runner)
         times: dict[str, list[float]] = {engine: [] for engine in runners}
         for _ in range(rounds):
             for engine, runner in runners.items():
                 start = time.perf_counter()
-                runner.infer(images)
-                times[engine].append((time.perf_counter() - start) * 1000 / batch_size)
+                one_round(runner)
+                times[engine].append((time.perf_counter() - start) * 1000 / (batch_size * streams))
         inference = runners["openvino"].inference_precision
     finally:
         for runner in runners.values():
@@ -224,20 +237,23 @@ def save_probe(result: dict[str, Any]) -> Path:
                         make_parents=True)
 
 
-def choose_cpu_engine(path: str | os.PathLike, num_threads: int | None = None) -> tuple[str, str]:
-    """The CPU engine for an ONNX model under ``backend="auto"``, and why."""
+def choose_cpu_engine(path: str | os.PathLike, num_threads: int | None = None,
+                      streams: int | None = None) -> tuple[str, str]:
+    """The CPU engine for an ONNX model under ``backend="auto"`` with these
+    threads and streams (None: the defaults), and why."""
     if not has("openvino"):
         return "onnxruntime", "an ONNX model runs on onnxruntime (openvino is not installed)"
     try:
-        found = cached_probe(path, num_threads)
+        found = cached_probe(path, num_threads, streams)
     except OSError as error:
         return "onnxruntime", f"onnxruntime: the engine probe cache cannot be read ({error})"
     if found is None:
         return engine_by_cpu_flags()
     ms = found.get("ms_per_image", {})
     backend = winner(ms)
+    key = found.get("key", {})
     measured = (f"openvino {ms.get('openvino', float('nan')):.3f}, onnxruntime {ms.get('onnxruntime', float('nan')):.3f} "
-                f"ms per image, {found.get('key', {}).get('num_threads')} threads, engine probe of "
+                f"ms per image, {key.get('num_threads')} threads in {key.get('streams')} streams, engine probe of "
                 f"{found.get('measured_at', '?')}")
     if backend == "openvino":
         return backend, f"openvino: measured faster than onnxruntime on this CPU ({measured})"
@@ -265,7 +281,8 @@ def engine_by_cpu_flags(flags: list[str] | None = None) -> tuple[str, str]:
 
 
 def choose_backend(path: str | os.PathLike, backend: str = "auto", *, device: str | None = None,
-                   num_threads: int | None = None, custom_options: bool = False) -> tuple[str, str]:
+                   num_threads: int | None = None, streams: int | None = None,
+                   custom_options: bool = False) -> tuple[str, str]:
     """The backend ``Classifier.load`` runs ``path`` on, and why: an explicit
     choice as it is; ``"auto"``: by the file (an engine on TensorRT, a
     checkpoint on torch, a URL on Triton), an ONNX model on the CPU engine
@@ -282,7 +299,7 @@ def choose_backend(path: str | os.PathLike, backend: str = "auto", *, device: st
         return "onnxruntime", f"onnxruntime: device {device} asked for"
     if custom_options:
         return "onnxruntime", "onnxruntime: runner options given (they are onnxruntime's)"
-    return choose_cpu_engine(path, num_threads)
+    return choose_cpu_engine(path, num_threads, streams)
 
 
 def cpu_engine_models(model: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -312,4 +329,5 @@ def cpu_engine_info(model: str | os.PathLike | None = None, num_threads: int | N
         backend, reason = choose_cpu_engine(path, threads)
         entries[name] = {"path": str(path), "backend": backend, "reason": reason,
                          "probe": measured or (cached_probe(path, threads) if has("openvino") else None)}
-    return {"num_threads": threads, "cache": str(probe_file()), "models": entries}
+    return {"num_threads": threads, "streams": default_streams(threads), "cache": str(probe_file()),
+            "models": entries}

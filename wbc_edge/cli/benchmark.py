@@ -11,6 +11,7 @@ examples:
   wbc-edge benchmark cells/ --batch-size 1,8,64 --concurrency 1,2,4 --duration 10 --out bench.json
   wbc-edge benchmark --model grpc://gpu-server:8001/wbc_resnet18 --concurrency 1,4,16
   wbc-edge benchmark --backend openvino --precision int8 --count 200
+  wbc-edge benchmark --streams 1 --batch-size 64 --concurrency 1    compare with the default (2 streams)
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--duration", type=float, default=None, help="seconds per run (default: 3)")
     group.add_argument("--count", type=int, default=None, help="requests per run instead of a duration")
     parser.add_argument("--threads", type=int, help="CPU threads for decoding, preprocessing and inference")
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help="CPU engines: batches inferred at once, sharing the threads (default: 2, 1 on one CPU)")
     parser.add_argument("--out", help="write the JSON here")
 
 
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise WbcEdgeError(f"--duration must be more than 0 seconds, got {args.duration}")
     if args.count is not None and args.count < 1:
         raise WbcEdgeError(f"--count must be at least 1, got {args.count}")
+    if args.streams is not None and args.streams < 1:
+        raise WbcEdgeError(f"--streams must be at least 1, got {args.streams}")
     duration = 3.0 if args.duration is None and args.count is None else args.duration
     if args.out:
         check_output(args.out, "--out")
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     runs = []
     with Classifier.load(args.model, backend=args.backend, precision=args.precision,
-                         batch_size=max(args.batch_size), num_threads=args.threads) as classifier:
+                         batch_size=max(args.batch_size), num_threads=args.threads,
+                         streams=args.streams) as classifier:
         stages = stage_times(classifier, images)
         for batch in args.batch_size:
             for concurrency in args.concurrency:

@@ -33,6 +33,7 @@ examples:
   wbc-edge classify cells/ --review-threshold 0.95 --review-threshold monocyte=0.98 --always-review ig
   wbc-edge classify cells/ --model model.int8.engine --batch-size 128
   wbc-edge classify cells/ --backend openvino          # the OpenVINO CPU engine (pip install 'wbc-edge[openvino]')
+  wbc-edge classify cells/ --streams 1 --threads 2     # one batch at a time on 2 threads (lowest latency)
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu or cuda[:N]; None: the backend's own")
     parser.add_argument("--batch-size", type=int, default=64,
                         help=f"images per inference call (at most {MAX_BATCH_SIZE}; larger values are capped)")
-    parser.add_argument("--threads", type=int, help="CPU threads for decoding and preprocessing; None: all usable CPUs")
+    parser.add_argument("--threads", type=int, help="CPU threads for decoding, preprocessing and the CPU engines; "
+                                                    "None: all usable CPUs")
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help="CPU engines (onnxruntime, openvino): batches inferred at once, sharing the threads, so "
+                             "that one is read while another runs; None: 2 (1 on a single CPU)")
     parser.add_argument("--out", metavar="REPORT.json", help="write the full JSON report here")
     parser.add_argument("--csv", metavar="PREDICTIONS.csv", help="write one row per input here")
     parser.add_argument("--review-threshold", action="append", metavar="[CLASS=]P",
@@ -104,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size = MAX_BATCH_SIZE
     if args.threads is not None and args.threads < 1:
         raise WbcEdgeError(f"--threads must be at least 1, got {args.threads}")
+    if args.streams is not None and args.streams < 1:
+        raise WbcEdgeError(f"--streams must be at least 1, got {args.streams}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise WbcEdgeError(f"--max-pixels must be at least 1, got {args.max_pixels}")
 
@@ -116,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     classifier = Classifier.load(args.model, backend=args.backend, precision=args.precision,
                                  batch_size=args.batch_size, device=args.device, num_threads=args.threads,
-                                 max_pixels=args.max_pixels)
+                                 streams=args.streams, max_pixels=args.max_pixels)
     with classifier:
         policy = parse_review_options(args.review_threshold, args.always_review, base=classifier.review)
         if policy is not None:

@@ -89,7 +89,9 @@ def format_info(info: dict) -> str:
             lines.append(f"  {variant:<14}{v['size_mb']:>6.1f} MB  {v['path']}")
         for variant in model["not_shipped"]:
             lines.append(f"  {variant:<14}not shipped (wbc-edge info --json shows the command that makes it)")
-    lines += ["", f"cpu engine (--backend auto, {info['cpu_engine']['num_threads']} threads):"]
+    engine = info["cpu_engine"]
+    lines += ["", f"cpu engine (--backend auto, {engine['num_threads']} threads in {engine['streams']} "
+                  f"stream{'s' * (engine['streams'] > 1)}, batches inferred at once; classify --streams sets it):"]
     for name, entry in info["cpu_engine"]["models"].items():
         lines.append(f"  {name:<14}{entry['reason']}")
     return "\n".join(lines)
