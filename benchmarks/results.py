@@ -31,7 +31,8 @@ SCHEMA = "wbc-edge-benchmarks/1"
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPOSITORY / "benchmarks" / "results"
 #: Stages in report order.
-STAGES = ("decode", "preprocess", "preprocess 224x224", "inference", "input size", "extra outputs", "end-to-end")
+STAGES = ("decode", "preprocess", "preprocess 224x224", "inference", "input size", "extra outputs", "end-to-end",
+          "end-to-end streams")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
