@@ -6,7 +6,8 @@ from setuptools import find_packages, setup
 
 preprocess = Pybind11Extension(
     "wbc_edge._preprocess",
-    sources=["csrc/module.cpp", "csrc/resample.cpp", "csrc/cell_box.cpp"],
+    sources=["csrc/module.cpp", "csrc/resample.cpp", "csrc/resample_portable.cpp", "csrc/resample_avx2.cpp",
+             "csrc/cell_box.cpp"],
     include_dirs=["csrc"],
     cxx_std=17,
     # Exact floating point: the filter weights must match Pillow's bit for bit.

@@ -3,6 +3,7 @@
 // into plain views; the resampling itself then runs with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <climits>
 #include <cstdint>
@@ -222,4 +223,10 @@ PYBIND11_MODULE(_preprocess, m) {
           py::arg("policy") = "stretch", py::arg("num_threads") = 1, py::arg("boxes") = py::none(),
           "Resizes every image into `out` (see wbc_edge.preprocess_batch, which validates the rest).");
     m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+    // For tests: every resampling kernel must give the same bytes.
+    m.def("_kernels", &wbc::kernel_support,
+          "[(name, why this CPU cannot run it, or '')] for every resampling kernel of this build.");
+    m.def("_set_kernel", &wbc::set_kernel, py::arg("name"),
+          "Forces a resampling kernel for later calls (all threads); returns the previous one's name. "
+          "ValueError for an unknown name, RuntimeError for one this CPU cannot run.");
 }

@@ -1,26 +1,19 @@
 #include "resample.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+
+#include "resample_kernels.h"
 
 namespace wbc {
 namespace {
 
-constexpr int kPrecisionBits = 22;  // Pillow: 32 - 8 bits of result - 2 bits of headroom
-constexpr std::int32_t kHalf = 1 << (kPrecisionBits - 1);
-
-// Source rows are transposed in strips of this many rows, so that the
-// horizontal pass becomes a contiguous multiply-add over kStripRows * 3 values.
-constexpr int kStripRows = 8;
-constexpr int kStripLanes = kStripRows * 3;
-
-// Explicit SIMD through GCC/Clang vector extensions: portable (NEON, SSE2),
-// and on x86-64 a second AVX2 copy of the hot loops is picked at load time.
-typedef std::int32_t v8i __attribute__((vector_size(32)));
-typedef std::uint8_t v8u __attribute__((vector_size(8)));
 typedef std::uint8_t v32u __attribute__((vector_size(32)));
 #if defined(__x86_64__) && defined(__GLIBC__)
+// The strip transposition, shared by all kernels, in an AVX2 and a default copy.
 #define WBC_HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define WBC_HOT
@@ -29,34 +22,6 @@ typedef std::uint8_t v32u __attribute__((vector_size(32)));
 double bilinear_filter(double x) {
     if (x < 0.0) x = -x;
     return x < 1.0 ? 1.0 - x : 0.0;
-}
-
-inline std::uint8_t clip8(std::int32_t acc) {
-    const std::int32_t v = acc >> kPrecisionBits;
-    return static_cast<std::uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
-}
-
-// Eight bytes widened to int32 lanes (written as a constructor: GCC turns
-// that into one vpmovzxbd, but not __builtin_convertvector).
-__attribute__((always_inline)) inline v8i load8(const std::uint8_t* p) {
-    return v8i{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
-}
-
-// The low byte of each int32 lane, after >> 22 and clamping to [0, 255]
-// (a byte shuffle: GCC narrows __builtin_convertvector one lane at a time).
-__attribute__((always_inline)) inline void store8(std::uint8_t* p, v8i acc) {
-    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "byte shuffle assumes little endian");
-    v8i v = acc >> kPrecisionBits;
-    v = v < 0 ? 0 : v;
-    v = v > 255 ? 255 : v;
-    const v32u bytes = reinterpret_cast<v32u>(v);
-#if defined(__clang__) || __GNUC__ >= 12
-    const v8u low = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
-    std::memcpy(p, &low, 8);
-#else
-    const v32u low = __builtin_shuffle(bytes, v32u{0, 4, 8, 12, 16, 20, 24, 28});
-    std::memcpy(p, &low, 8);
-#endif
 }
 
 // Copies source pixel (y, x) as RGB into dst[0..2]: gray is replicated, alpha
@@ -175,89 +140,31 @@ void load_strip(const ImageView& s, int y0, int n, std::uint8_t* strip) {
 
 // Horizontal pass over source rows [y_first, y_last): writes
 // (y_last - y_first) rows of out_w RGB pixels to `rows`.
-WBC_HOT void horizontal_pass(const ImageView& s, const Taps& taps, int y_first, int y_last,
-                             int out_w, std::uint8_t* rows, Scratch& scratch) {
-    scratch.strip.resize(static_cast<std::size_t>(s.width + 1) * kStripLanes);
+void horizontal_pass(const Kernels& kernels, const ImageView& s, const Taps& taps, int y_first, int y_last,
+                     int out_w, std::uint8_t* rows, Scratch& scratch) {
+    // Two spare columns, which the kernels may read (resample_kernels.h).
+    scratch.strip.resize(static_cast<std::size_t>(s.width + 2) * kStripLanes);
     std::uint8_t* strip = scratch.strip.data();
     const std::size_t row_len = static_cast<std::size_t>(out_w) * 3;
-    // Tap tables in locals: the byte stores below may alias anything, so
-    // members would be reloaded on every pixel.
-    const std::int32_t* const kernel = taps.k.data();
-    const int* const first = taps.first.data();
-    const int* const count = taps.count.data();
-    const std::size_t ksize = static_cast<std::size_t>(taps.ksize);
-
     for (int y0 = y_first; y0 < y_last; y0 += kStripRows) {
         const int n = std::min(kStripRows, y_last - y0);
         load_strip(s, y0, n, strip);
-        std::uint8_t* out = rows + static_cast<std::size_t>(y0 - y_first) * row_len;
-        for (int x = 0; x < out_w; ++x) {
-            v8i a0 = {}, a1 = {}, a2 = {};
-            a0 += kHalf;
-            a1 += kHalf;
-            a2 += kHalf;
-            const std::int32_t* k = kernel + static_cast<std::size_t>(x) * ksize;
-            const std::uint8_t* col = strip + static_cast<std::size_t>(first[x]) * kStripLanes;
-            const int taps_x = count[x];
-            for (int t = 0; t < taps_x; ++t, col += kStripLanes) {
-                const std::int32_t w = k[t];
-                a0 += load8(col) * w;
-                a1 += load8(col + 8) * w;
-                a2 += load8(col + 16) * w;
-            }
-            std::uint8_t px[kStripLanes + 8];
-            store8(px, a0);
-            store8(px + 8, a1);
-            store8(px + 16, a2);
-            // 4-byte stores: the spare byte is the next pixel's, written later;
-            // the last pixel of a row gets 3 (its 4th byte is the next row's).
-            if (x + 1 < out_w) {
-                for (int r = 0; r < n; ++r) std::memcpy(out + r * row_len + 3 * x, px + 3 * r, 4);
-            } else {
-                for (int r = 0; r < n; ++r) std::memcpy(out + r * row_len + 3 * x, px + 3 * r, 3);
-            }
-        }
+        kernels.horizontal(strip, taps, n, out_w, rows + static_cast<std::size_t>(y0 - y_first) * row_len);
     }
 }
 
-// Vertical pass: `rows` points at source row `y_first` of packed RGB rows,
-// `row_stride` bytes apart (negative for flipped images); each output row has
-// width * 3 values. Works on 32 values at a time so that the accumulators stay
-// in registers across the taps.
-WBC_HOT void vertical_pass(const std::uint8_t* rows, std::ptrdiff_t row_stride, const Taps& taps, int y_first,
-                           int out_h, int width, std::uint8_t* dst) {
-    const std::size_t row_len = static_cast<std::size_t>(width) * 3;
-    const std::size_t blocked = row_len - row_len % 32;
-    for (int y = 0; y < out_h; ++y) {
-        const std::int32_t* k = &taps.k[static_cast<std::size_t>(y) * taps.ksize];
-        const std::uint8_t* src = rows + (taps.first[y] - y_first) * row_stride;
-        const int count = taps.count[y];
-        std::uint8_t* out = dst + y * row_len;
-        for (std::size_t i = 0; i < blocked; i += 32) {
-            v8i a0 = {}, a1 = {}, a2 = {}, a3 = {};
-            a0 += kHalf;
-            a1 += kHalf;
-            a2 += kHalf;
-            a3 += kHalf;
-            const std::uint8_t* p = src + i;
-            for (int t = 0; t < count; ++t, p += row_stride) {
-                const std::int32_t w = k[t];
-                a0 += load8(p) * w;
-                a1 += load8(p + 8) * w;
-                a2 += load8(p + 16) * w;
-                a3 += load8(p + 24) * w;
-            }
-            store8(out + i, a0);
-            store8(out + i + 8, a1);
-            store8(out + i + 16, a2);
-            store8(out + i + 24, a3);
-        }
-        for (std::size_t i = blocked; i < row_len; ++i) {
-            std::int32_t acc = kHalf;
-            for (int t = 0; t < count; ++t) acc += src[t * row_stride + i] * k[t];
-            out[i] = clip8(acc);
-        }
-    }
+// The kernel of later resizes: the best this CPU runs unless a test forced another.
+const Kernels* best_kernels() {
+#ifdef WBC_HAVE_AVX2_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return &kAvx2Kernels;
+#endif
+    return &kPortableKernels;
+}
+
+std::atomic<const Kernels*>& active_kernels() {
+    static std::atomic<const Kernels*> active{best_kernels()};
+    return active;
 }
 
 }  // namespace
@@ -295,11 +202,27 @@ Taps compute_taps(int in_size, float in0, float in1, int out_size) {
         taps.first[xx] = xmin;
         taps.count[xx] = std::max(xmax, 0);
     }
+    // The weights split for the 16-bit kernels (see Taps). Bilinear weights
+    // are in [0, 1] before scaling, so hi <= 2^11 and lo < 2^11 fit int16.
+    taps.pairs = (taps.ksize + 1) / 2;
+    taps.pair_weights.assign(static_cast<std::size_t>(out_size) * taps.pairs * 2, 0);
+    constexpr std::uint32_t lo_mask = (1u << kWeightSplitBits) - 1;
+    for (int xx = 0; xx < out_size; ++xx) {
+        const std::int32_t* k = &taps.k[static_cast<std::size_t>(xx) * taps.ksize];
+        std::int32_t* pair = &taps.pair_weights[static_cast<std::size_t>(xx) * taps.pairs * 2];
+        for (int j = 0; j < taps.pairs; ++j, pair += 2) {
+            const std::uint32_t w0 = static_cast<std::uint32_t>(k[2 * j]);
+            const std::uint32_t w1 = 2 * j + 1 < taps.ksize ? static_cast<std::uint32_t>(k[2 * j + 1]) : 0;
+            pair[0] = static_cast<std::int32_t>((w0 >> kWeightSplitBits) | (w1 >> kWeightSplitBits) << 16);
+            pair[1] = static_cast<std::int32_t>((w0 & lo_mask) | (w1 & lo_mask) << 16);
+        }
+    }
     return taps;
 }
 
 void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
                 std::uint8_t* dst, Scratch& scratch) {
+    const Kernels& kernels = *active_kernels().load(std::memory_order_relaxed);
     // The same pass selection and order as Pillow's ImagingResampleInner().
     const bool need_h = out_w != src.width || box.x0 != 0 || box.x1 != out_w;
     const bool need_v = out_h != src.height || box.y0 != 0 || box.y1 != out_h;
@@ -322,7 +245,7 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
 
     if (!need_v) {  // horizontal only, or a plain copy
         if (need_h) {
-            horizontal_pass(src, htaps, 0, out_h, out_w, dst, scratch);
+            horizontal_pass(kernels, src, htaps, 0, out_h, out_w, dst, scratch);
         } else {
             packed_rows(dst);
         }
@@ -330,9 +253,9 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
     }
     if (need_h && horizontal_first) {
         scratch.rows.resize(static_cast<std::size_t>(y_last - y_first) * out_w * 3);
-        horizontal_pass(src, htaps, y_first, y_last, out_w,
+        horizontal_pass(kernels, src, htaps, y_first, y_last, out_w,
                         scratch.rows.data(), scratch);
-        vertical_pass(scratch.rows.data(), static_cast<std::ptrdiff_t>(out_w) * 3, vtaps, y_first, out_h, out_w, dst);
+        kernels.vertical(scratch.rows.data(), static_cast<std::ptrdiff_t>(out_w) * 3, vtaps, y_first, out_h, out_w, dst);
         return;
     }
     // Vertical pass on the source rows (then horizontal, if needed).
@@ -346,13 +269,37 @@ void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
         row_stride = static_cast<std::ptrdiff_t>(src.width) * 3;
     }
     if (!need_h) {
-        vertical_pass(rows, row_stride, vtaps, y_first, out_h, src.width, dst);
+        kernels.vertical(rows, row_stride, vtaps, y_first, out_h, src.width, dst);
         return;
     }
     scratch.columns.resize(static_cast<std::size_t>(out_h) * src.width * 3);
-    vertical_pass(rows, row_stride, vtaps, y_first, out_h, src.width, scratch.columns.data());
+    kernels.vertical(rows, row_stride, vtaps, y_first, out_h, src.width, scratch.columns.data());
     const ImageView shrunk{scratch.columns.data(), out_h, src.width, 3, static_cast<std::ptrdiff_t>(src.width) * 3, 3, 1};
-    horizontal_pass(shrunk, htaps, 0, out_h, out_w, dst, scratch);
+    horizontal_pass(kernels, shrunk, htaps, 0, out_h, out_w, dst, scratch);
+}
+
+std::vector<std::pair<std::string, std::string>> kernel_support() {
+    std::vector<std::pair<std::string, std::string>> all;
+#ifdef WBC_HAVE_AVX2_KERNELS
+    all.emplace_back("avx2", best_kernels() == &kAvx2Kernels ? "" : "this CPU lacks AVX2");
+#else
+    all.emplace_back("avx2", "not built for this architecture (x86 only)");
+#endif
+    all.emplace_back("portable", "");
+    return all;
+}
+
+std::string set_kernel(const std::string& name) {
+    const Kernels* chosen = nullptr;
+    if (name == "portable") chosen = &kPortableKernels;
+#ifdef WBC_HAVE_AVX2_KERNELS
+    if (name == "avx2") chosen = &kAvx2Kernels;
+#endif
+    for (const auto& [known, reason] : kernel_support()) {
+        if (known == name && !reason.empty()) throw std::runtime_error("kernel '" + name + "': " + reason);
+    }
+    if (chosen == nullptr) throw std::invalid_argument("unknown kernel '" + name + "'; expected 'avx2' or 'portable'");
+    return active_kernels().exchange(chosen)->name;
 }
 
 }  // namespace wbc

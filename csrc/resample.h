@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace wbc {
@@ -30,12 +32,22 @@ struct Box {
 
 // Filter taps of a 1-D resampling: for output i, `count[i]` taps starting at
 // source index `first[i]`, weights k[i * ksize + t] in 22-bit fixed point.
+//
+// The same weights for kernels that multiply 16-bit pairs (vpmaddwd): each
+// weight, in [0, 2^22] for bilinear, split as w = hi * 2^11 + lo with lo in
+// [0, 2^11), so both halves fit int16. Taps 2j and 2j + 1 of output i give
+// pair_weights[(i * pairs + j) * 2 + {0, 1}] = hi_2j | hi_2j+1 << 16 and
+// lo_2j | lo_2j+1 << 16. An odd count's last pair has a zero second weight.
 struct Taps {
     int ksize = 0;
     std::vector<int> first;
     std::vector<int> count;
     std::vector<std::int32_t> k;
+    int pairs = 0;
+    std::vector<std::int32_t> pair_weights;
 };
+
+constexpr int kWeightSplitBits = 11;  // w = hi << 11 | lo, see Taps
 
 Taps compute_taps(int in_size, float in0, float in1, int out_size);
 
@@ -74,5 +86,16 @@ struct Scratch {
 // out_h * out_w * 3 bytes, C-contiguous, to `dst`.
 void resize_rgb(const ImageView& src, const Box& box, int out_h, int out_w,
                 std::uint8_t* dst, Scratch& scratch);
+
+// The resampling kernels, by name: "avx2" (x86-64 with AVX2) and "portable"
+// (vector extensions: NEON, SSE2). The best one this CPU runs is chosen at
+// load; tests force each. Every kernel gives the same bytes.
+//
+// Every known kernel, with "" if this build and CPU can run it, else why not.
+std::vector<std::pair<std::string, std::string>> kernel_support();
+// Makes `name` the kernel of later resizes (all threads) and returns the
+// previous one's name; throws std::invalid_argument for an unknown name and
+// std::runtime_error for one this CPU cannot run.
+std::string set_kernel(const std::string& name);
 
 }  // namespace wbc

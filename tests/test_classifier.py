@@ -187,8 +187,8 @@ def test_predict_stream_is_lazy_and_bounded(classifier, test_split):
     stream = classifier.predict_stream(source(), batch_size=2, prefetch=2)
     first = next(stream)
     assert first.path == paths[0]
-    # one batch being classified, at most `prefetch` read ahead (plus the one being submitted)
-    assert len(pulled) <= 2 * 4
+    # a batch per stream being classified, at most `prefetch` read ahead, and one being gathered
+    assert len(pulled) <= 2 * (classifier.runner.streams + 2 + 1)
     stream.close()
     assert len(pulled) < len(paths)
 

@@ -1,5 +1,7 @@
 """The C++ batch preprocessing against Pillow and a plain Python reference, on
-real cell images; its input forms, output forms, threads and error paths."""
+real cell images; its input forms, output forms, threads and error paths. The
+bit-exactness tests run once per resampling kernel this CPU can run (AVX2,
+portable): every kernel must give Pillow's bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.reference_resize import center_crop_box, resize_reference
-from wbc_edge import preprocess_batch
+from wbc_edge import _preprocess, preprocess_batch
 from wbc_edge.preprocess import normalization_table
 
 
@@ -19,12 +21,26 @@ def pillow_resize(image: np.ndarray, size, box=None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).convert("RGB").resize((w, h), Image.BILINEAR, box=box))
 
 
+def _kernel_params():
+    """Every kernel of this build; those this CPU cannot run are skipped, saying why."""
+    return [pytest.param(name, id=name, marks=[pytest.mark.skip(reason=f"kernel {name!r}: {why}")] if why else [])
+            for name, why in _preprocess._kernels()]
+
+
+@pytest.fixture(params=_kernel_params())
+def kernel(request):
+    """Forces one resampling kernel for the test (all threads), then restores the previous one."""
+    previous = _preprocess._set_kernel(request.param)
+    yield request.param
+    _preprocess._set_kernel(previous)
+
+
 # Downscaling (the usual case), upscaling, non-square, identity, one axis only.
 SIZES = [(128, 128), (96, 96), (224, 224), (64, 100), (400, 380), (363, 360), (360, 128), (1, 1)]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_matches_pillow_on_real_cells(cell_images, size):
+def test_matches_pillow_on_real_cells(cell_images, size, kernel):
     out = preprocess_batch(cell_images, size)
     assert out.shape == (len(cell_images), *size, 3) and out.dtype == np.uint8
     expected = np.stack([pillow_resize(image, size) for image in cell_images])
@@ -35,12 +51,12 @@ def test_matches_pillow_on_real_cells(cell_images, size):
     assert diff.max() == 0
 
 
-def test_matches_python_reference(cell_images):
+def test_matches_python_reference(cell_images, kernel):
     for image, size in zip(cell_images[::40], [(128, 128), (57, 203), (400, 381), (9, 9), (128, 128), (200, 50)]):
         np.testing.assert_array_equal(preprocess_batch([image], size)[0], resize_reference(image, *size))
 
 
-def test_center_crop_policy(cell_images):
+def test_center_crop_policy(cell_images, kernel):
     images = [cell_images[0], cell_images[0][:, 40:], cell_images[1][100:]]  # square, tall, wide
     size = (128, 160)
     out = preprocess_batch(images, size, policy="center_crop")
@@ -51,7 +67,7 @@ def test_center_crop_policy(cell_images):
         np.testing.assert_array_equal(result, resize_reference(image, *size, box=box))
 
 
-def test_gray_alpha_and_single_channel(cell_images):
+def test_gray_alpha_and_single_channel(cell_images, kernel):
     rgb = cell_images[3]
     gray = np.asarray(Image.fromarray(rgb).convert("L"))
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
@@ -63,7 +79,7 @@ def test_gray_alpha_and_single_channel(cell_images):
     np.testing.assert_array_equal(out[2], out[3])  # alpha dropped, not blended
 
 
-def test_any_strides(cell_images):
+def test_any_strides(cell_images, kernel):
     image = cell_images[5]
     views = [
         image[::-1],                        # negative row stride
@@ -78,12 +94,12 @@ def test_any_strides(cell_images):
         np.testing.assert_array_equal(result, pillow_resize(np.ascontiguousarray(view), (128, 128)))
 
 
-def test_stacked_batch_equals_list(cell_images):
+def test_stacked_batch_equals_list(cell_images, kernel):
     stack = np.stack([img[:360, :360] for img in cell_images[:12]])
     np.testing.assert_array_equal(preprocess_batch(stack, (128, 128)), preprocess_batch(list(stack), (128, 128)))
 
 
-def test_tiny_and_extreme_images():
+def test_tiny_and_extreme_images(kernel):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
               [(1, 1, 3), (1, 1), (2, 3, 4), (1, 500, 3), (700, 1, 3), (5, 5, 1)]]
@@ -92,6 +108,74 @@ def test_tiny_and_extreme_images():
         np.testing.assert_array_equal(result, resize_reference(image, 128, 128))
     # a 1x1 image is a flat colour
     assert (out[0] == images[0][0, 0]).all()
+
+
+# Source shapes and output sides for the size sweep: downscaling (odd and even
+# tap counts), upscaling, identity and one-axis resizes, both pass orders
+# (vertical first when the height shrinks more than twice as much as the
+# width), rows whose length is and is not a multiple of 32 bytes.
+SWEEP_SOURCES = [(61, 47), (23, 200), (200, 9)]
+SWEEP_SIDES = [1, 2, 3, 4, 5, 7, 8, 9, 11, 16, 20, 23, 31, 32, 47, 61, 64, 97, 128, 200, 224, 255]
+
+
+def test_many_size_combinations_match_pillow(kernel):
+    rng = np.random.default_rng(1)
+    combinations = 0
+    for h, w in SWEEP_SOURCES:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for out_h in SWEEP_SIDES:
+            for out_w in SWEEP_SIDES:
+                result = preprocess_batch([image], (out_h, out_w))[0]
+                np.testing.assert_array_equal(result, pillow_resize(image, (out_h, out_w)),
+                                              err_msg=f"{h}x{w} -> {out_h}x{out_w}")
+                combinations += 1
+    assert combinations == 1452
+
+
+@pytest.mark.parametrize("shape, size", [
+    ((4, 3001, 3), (1, 1)), ((4, 3001, 3), (3, 7)), ((3001, 5, 3), (2, 4)), ((3001, 5, 3), (1, 1)),
+    ((1, 2, 3), (255, 300)),
+], ids=str)
+def test_extreme_ratios_match_pillow(kernel, shape, size):
+    """Thousands of taps per output, and single taps of weight 1.0 (2^22)."""
+    image = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(preprocess_batch([image], size)[0], pillow_resize(image, size))
+
+
+def test_saturated_images_stay_saturated(kernel):
+    """All-255 pixels give the largest sums the arithmetic has to hold."""
+    image = np.full((363, 360, 3), 255, np.uint8)
+    for size in [(224, 224), (128, 128), (7, 300), (500, 9)]:
+        out = preprocess_batch([image, image[::-1, ::2]], size)
+        assert (out == 255).all()
+        np.testing.assert_array_equal(out[0], pillow_resize(image, size))
+
+
+def test_cell_center_policy_matches_reference(kernel, cell_images):
+    images = [cell_images[0], cell_images[7][:, :250], cell_images[9][::2, ::3]]
+    boxes = np.zeros((len(images), 5), np.float32)
+    out = preprocess_batch(images, (56, 72), policy="cell_center", boxes=boxes)
+    for image, result, box in zip(images, out, boxes):
+        np.testing.assert_array_equal(result, resize_reference(image, 56, 72, box=tuple(float(v) for v in box[:4])))
+
+
+def test_kernel_selection():
+    kernels = dict(_preprocess._kernels())
+    assert kernels["portable"] == ""  # every CPU runs it
+    with pytest.raises(ValueError, match="unknown kernel 'sse9'"):
+        _preprocess._set_kernel("sse9")
+    for name, why in kernels.items():
+        if why:
+            with pytest.raises(RuntimeError, match=f"kernel '{name}': "):
+                _preprocess._set_kernel(name)
+    # the default is the first runnable one (best first), and setting returns the previous
+    runnable = [name for name, why in kernels.items() if not why]
+    previous = _preprocess._set_kernel("portable")
+    try:
+        assert previous == runnable[0]
+        assert _preprocess._set_kernel(previous) == "portable"
+    finally:
+        _preprocess._set_kernel(previous)
 
 
 def test_float_outputs_equal_numpy_normalization(cell_images):

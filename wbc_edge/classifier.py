@@ -280,10 +280,11 @@ class Classifier:
                        max_wait: float | None = DEFAULT_MAX_WAIT) -> Iterator[Prediction]:
         """Predictions for any iterable of inputs, yielded in input order as
         they are ready. Reading, decoding and preprocessing of the next
-        ``prefetch`` batches run in a thread pool while the current batch is
-        inferred, so at most ``prefetch + 1`` batches are in memory (and one
-        being gathered). With the same batch size, gives exactly what
-        :meth:`predict_batch` gives.
+        ``prefetch`` batches run in a thread pool while the runner infers
+        (one batch per stream of a CPU engine, see ``Classifier.load``), so
+        at most ``prefetch`` + streams batches are in memory (and one being
+        gathered). With the same batch size, gives what :meth:`predict_batch`
+        gives.
 
         A slow source (a camera) is not kept waiting for a full batch: a
         partial batch goes on ``max_wait`` seconds (default 0.1) after its
