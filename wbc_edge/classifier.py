@@ -151,10 +151,10 @@ class Classifier:
             max_pixels: larger images are refused as possible decompression
                 bombs (default: Pillow's limit, about 89 megapixels).
             streams: the CPU engines (onnxruntime on the CPU, openvino):
-                batches inferred at once, the threads shared among them, so
-                that one batch is read while another runs
-                (:mod:`wbc_edge.backends.streams`); None: two, or one on a
-                single CPU; 1: the lowest latency for a single batch.
+                batches inferred at once, the threads shared among them
+                (:mod:`wbc_edge.backends.streams`); None: one, every thread
+                on one batch (measured best on 2 cores; more streams are for
+                filling many cores).
             runner_options: extra keyword arguments for the backend's runner.
 
         Raises:

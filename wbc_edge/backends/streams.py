@@ -1,13 +1,21 @@
 """How the CPU engines share the cores: streams.
 
 A stream is one batch in inference at a time, on its own share of the
-threads. With one stream, a batch gets every thread, and the cores wait while
-the next batch is decoded and preprocessed, and at each layer's barrier
-(onnxruntime's and OpenVINO's threads synchronize per operator). With two,
-one batch is inferred while the next is read, and each engine thread runs
-without waiting for another; the threads in all streams add up to the
-thread count, so nothing is oversubscribed. Measurements: docs/measurements.md
-("Streams"); ``streams=1`` gives the lowest latency for a single batch.
+threads. With one stream (the default), a batch gets every thread while the
+next batch is read, decoded and preprocessed in reader threads meanwhile
+(``Classifier.predict_stream``). With more, that many batches are inferred at
+once (OpenVINO's THROUGHPUT streams; concurrent ``InferenceSession.run`` calls
+on onnxruntime), each on ``threads // streams`` threads, and each batch is
+read on the same share, so the threads of all streams add up to the thread
+count and no engine thread waits at a layer's barrier for one that another
+stream's work pushed off its core.
+
+The default is one stream because that is what measured best where it was
+measured (docs/measurements.md, "Streams"): on a 2-core AVX2 CPU two streams
+gave 0.99-1.05x the images per second of one, whole path, on both engines
+and both shipped models, and a single image's latency grew by half. More
+streams are the usual way to fill many cores with small batches; ask for them
+(``streams=``, ``--streams``) and measure with ``wbc-edge benchmark --streams``.
 """
 
 from __future__ import annotations
@@ -15,8 +23,8 @@ from __future__ import annotations
 from ..errors import WbcEdgeError
 from ..preprocess import default_num_threads
 
-#: Streams the CPU engines run with by default (never more than the threads).
-DEFAULT_STREAMS = 2
+#: Streams the CPU engines run with unless asked for more.
+DEFAULT_STREAMS = 1
 
 
 def check_streams(streams) -> int:

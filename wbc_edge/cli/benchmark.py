@@ -11,7 +11,7 @@ examples:
   wbc-edge benchmark cells/ --batch-size 1,8,64 --concurrency 1,2,4 --duration 10 --out bench.json
   wbc-edge benchmark --model grpc://gpu-server:8001/wbc_resnet18 --concurrency 1,4,16
   wbc-edge benchmark --backend openvino --precision int8 --count 200
-  wbc-edge benchmark --streams 1 --batch-size 64 --concurrency 1    compare with the default (2 streams)
+  wbc-edge benchmark --streams 2 --batch-size 64 --concurrency 1    two batches at once (default: one)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--count", type=int, default=None, help="requests per run instead of a duration")
     parser.add_argument("--threads", type=int, help="CPU threads for decoding, preprocessing and inference")
     parser.add_argument("--streams", type=int, metavar="N",
-                        help="CPU engines: batches inferred at once, sharing the threads (default: 2, 1 on one CPU)")
+                        help="CPU engines: batches inferred at once, sharing the threads (default: 1)")
     parser.add_argument("--out", help="write the JSON here")
 
 

@@ -33,7 +33,7 @@ examples:
   wbc-edge classify cells/ --review-threshold 0.95 --review-threshold monocyte=0.98 --always-review ig
   wbc-edge classify cells/ --model model.int8.engine --batch-size 128
   wbc-edge classify cells/ --backend openvino          # the OpenVINO CPU engine (pip install 'wbc-edge[openvino]')
-  wbc-edge classify cells/ --streams 1 --threads 2     # one batch at a time on 2 threads (lowest latency)
+  wbc-edge classify cells/ --threads 16 --streams 4    # 4 batches at once, 4 threads each (a many-core server)
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for decoding, preprocessing and the CPU engines; "
                                                     "None: all usable CPUs")
     parser.add_argument("--streams", type=int, metavar="N",
-                        help="CPU engines (onnxruntime, openvino): batches inferred at once, sharing the threads, so "
-                             "that one is read while another runs; None: 2 (1 on a single CPU)")
+                        help="CPU engines (onnxruntime, openvino): batches inferred at once, sharing the threads "
+                             "(more can fill many cores; measure with 'wbc-edge benchmark --streams'); None: 1")
     parser.add_argument("--out", metavar="REPORT.json", help="write the full JSON report here")
     parser.add_argument("--csv", metavar="PREDICTIONS.csv", help="write one row per input here")
     parser.add_argument("--review-threshold", action="append", metavar="[CLASS=]P",

@@ -91,7 +91,7 @@ def format_info(info: dict) -> str:
             lines.append(f"  {variant:<14}not shipped (wbc-edge info --json shows the command that makes it)")
     engine = info["cpu_engine"]
     lines += ["", f"cpu engine (--backend auto, {engine['num_threads']} threads in {engine['streams']} "
-                  f"stream{'s' * (engine['streams'] > 1)}, batches inferred at once; classify --streams sets it):"]
+                  f"stream{'s' * (engine['streams'] > 1)}; classify --streams sets the batches inferred at once):"]
     for name, entry in info["cpu_engine"]["models"].items():
         lines.append(f"  {name:<14}{entry['reason']}")
     return "\n".join(lines)
