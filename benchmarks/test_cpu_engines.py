@@ -20,6 +20,7 @@ import pytest
 from benchmarks.results import Measurement
 from benchmarks.workload import tile
 from wbc_edge import preprocess_batch
+from wbc_edge.backends.probe import exact_int8
 from wbc_edge.models import make_command, variant_path
 
 #: images per inference call (the CLI's default batch)
@@ -79,8 +80,12 @@ def test_onnxruntime_vs_openvino(results_log, settings, all_threads, decoded_ima
                      batch=ENGINE_BATCH, threads=all_threads,
                      extra={"top1_agreement_with_onnxruntime": agreement, "cells_compared": len(cells),
                             "openvino_inference_precision": hint, "openvino_version": version})
-    assert agreement >= 0.99, f"{variant}: OpenVINO agrees with ONNX Runtime on {agreement:.1%} of the cells"
     assert min(medians) > 0
+    if variant == "int8-cpu" and not exact_int8():
+        results_log.note(f"{variant}: this CPU has no VNNI or AMX, where both engines' U8S8 kernels saturate "
+                         f"(docs/measurements.md); agreement {agreement:.1%} is recorded, not a target here")
+        return
+    assert agreement >= 0.99, f"{variant}: OpenVINO agrees with ONNX Runtime on {agreement:.1%} of the cells"
 
 
 def test_decode_pillow_vs_simplejpeg(results_log, settings, preprocess_images):
