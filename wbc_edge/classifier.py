@@ -284,7 +284,9 @@ class Classifier:
         (one batch per stream of a CPU engine, see ``Classifier.load``), so
         at most ``prefetch`` + streams batches are in memory (and one being
         gathered). With the same batch size, gives what :meth:`predict_batch`
-        gives.
+        gives. With more than one stream, a batch's predictions come once the
+        next batch has been read (or the source has ended): for a slow
+        source, keep one stream (the default).
 
         A slow source (a camera) is not kept waiting for a full batch: a
         partial batch goes on ``max_wait`` seconds (default 0.1) after its

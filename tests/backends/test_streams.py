@@ -136,7 +136,8 @@ def test_threads_are_shared_not_multiplied():
     assert threads_per_stream(2, 2) == (2, 1)
     assert threads_per_stream(8, 2) == (8, 4)
     assert threads_per_stream(3, 2) == (3, 1)  # never more threads than asked for
-    assert threads_per_stream(1, 2) == (1, 1)
+    with pytest.raises(WbcEdgeError, match="streams=2 with 1 thread: each stream needs a thread"):
+        threads_per_stream(1, 2)
     assert default_streams(1) == 1 and default_streams(2) == 1 and default_streams(16) == 1  # measured best
 
 
@@ -184,6 +185,11 @@ def test_two_streams_give_one_streams_rows(engine, fp32_model, cell_batch):
         assert two.describe()["streams"] == 2
         if engine == "openvino":
             assert int(two.compiled.get_property("NUM_STREAMS")) == 2
+        else:  # a session per stream: one session's concurrent runs would share its one thread pool
+            sessions = [two._sessions.get() for _ in range(2)]
+            assert sessions[0] is not sessions[1]
+            for session in sessions:
+                two._sessions.put(session)
         expected = split_outputs(one.metadata, one.infer(cell_batch))
         parts = [cell_batch[i:i + 16] for i in range(0, len(cell_batch), 16)]
         jobs = (BatchJob(len(p), lambda out, p=p: p, context=i) for i, p in enumerate(parts))
@@ -248,3 +254,12 @@ def test_a_small_batch_is_split_among_the_streams(sample_files):
 def test_streams_for_a_backend_without_them_is_an_error():
     with pytest.raises(WbcEdgeError, match="streams are for the CPU engines"):
         Classifier.load(precision="fp32", backend="onnxruntime", device="cuda", streams=2)
+
+
+def test_more_streams_than_threads_is_refused_before_any_work(capsys):
+    from wbc_edge.cli import main
+
+    assert main(["info", "--threads", "1", "--streams", "2"]) == 2
+    assert "streams=2 with 1 thread: each stream needs a thread of its own" in capsys.readouterr().err
+    with pytest.raises(WbcEdgeError, match="each stream needs a thread"):
+        Classifier.load(precision="fp32", backend="onnxruntime", num_threads=1, streams=2)

@@ -4,13 +4,15 @@ Runs the FP32, FP16 and INT8 (Q/DQ) ONNX models. Providers are an explicit
 choice, as in ``onnxruntime.InferenceSession``; by default the CPU. Idle
 worker threads sleep instead of spinning (``spinning=True`` restores
 onnxruntime's default). With ``streams`` above one, that many batches run at
-once (``InferenceSession.run`` is thread-safe), each with its share of the
-threads: see :mod:`wbc_edge.backends.streams`.
+once, each in a session of its own with its share of the threads (concurrent
+``run`` calls on one session would share that session's one thread pool):
+see :mod:`wbc_edge.backends.streams`.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +50,11 @@ class OnnxRuntimeRunner(Runner):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            # A session per stream, each with its own thread pool; a batch takes a free one.
+            self._sessions: queue.SimpleQueue = queue.SimpleQueue()
+            self._sessions.put(self.session)
+            for _ in range(self.streams - 1):
+                self._sessions.put(ort.InferenceSession(str(path), sess_options=options, providers=providers))
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
             raise WbcEdgeError(f"{path}: ONNX Runtime cannot load it ({error})") from None
         embedded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
@@ -69,13 +76,25 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = outputs[0].name
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
-        # InferenceSession.run is thread-safe: no lock needed.
-        (logits,) = self.session.run([self.output_name], {self.input_name: images})
-        return np.asarray(logits, dtype=np.float32)
+        if self.streams == 1:  # InferenceSession.run is thread-safe: no lock needed
+            (logits,) = self.session.run([self.output_name], {self.input_name: images})
+            return np.asarray(logits, dtype=np.float32)
+        session = self._sessions.get()
+        try:
+            (logits,) = session.run([self.output_name], {self.input_name: images})
+            return np.asarray(logits, dtype=np.float32)
+        finally:
+            if not self._closed:  # closed meanwhile: the session goes with this batch
+                self._sessions.put(session)
 
     def close(self) -> None:
-        self.session = None
         super().close()
+        self.session = None
+        while True:  # the sessions not in use go now; one in use goes when its batch ends
+            try:
+                self._sessions.get_nowait()
+            except (queue.Empty, AttributeError):
+                break
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers, "model": str(self.path),

@@ -142,12 +142,17 @@ class OpenVinoRunner(Runner):
             request.infer({0: np.ascontiguousarray(images)})
             return np.array(request.get_output_tensor(0).data, dtype=np.float32)
         finally:
-            self._requests.put(request)
+            if not self._closed:  # closed meanwhile: the request goes with this batch
+                self._requests.put(request)
 
     def close(self) -> None:
-        self._requests = queue.SimpleQueue()
-        self.compiled = None
         super().close()
+        while True:  # the requests not in use go now; one in use goes when its batch ends
+            try:
+                self._requests.get_nowait()
+            except (queue.Empty, AttributeError):
+                break
+        self.compiled = None
 
     def describe(self) -> dict:
         return {**super().describe(), "model": str(self.path), "device": "CPU",

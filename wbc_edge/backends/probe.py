@@ -41,7 +41,7 @@ from ..errors import WbcEdgeError
 from ..installed import has
 from ..metadata import sha256_of
 from ..preprocess import default_num_threads
-from .streams import default_streams
+from .streams import default_streams, threads_per_stream
 
 #: OpenVINO is chosen only when it is at least this fraction faster than ONNX Runtime.
 MARGIN = 0.05
@@ -274,10 +274,10 @@ def engine_by_cpu_flags(flags: list[str] | None = None) -> tuple[str, str]:
     amx = sorted(present & AMX_FLAGS)
     if amx:
         return "openvino", (f"openvino: this CPU has AMX ({', '.join(amx)}), where openvino measured faster than "
-                            "onnxruntime; no engine probe cached for this model, CPU and thread count "
+                            "onnxruntime; no engine probe cached for this model, CPU, thread count and streams "
                             "('wbc-edge info --probe' measures this machine)")
-    return "onnxruntime", ("onnxruntime: no engine probe cached for this model, CPU and thread count, and no AMX "
-                           "(run 'wbc-edge info --probe' to measure whether openvino is faster here)")
+    return "onnxruntime", ("onnxruntime: no engine probe cached for this model, CPU, thread count and streams, and no "
+                           "AMX (run 'wbc-edge info --probe' to measure whether openvino is faster here)")
 
 
 def choose_backend(path: str | os.PathLike, backend: str = "auto", *, device: str | None = None,
@@ -319,15 +319,17 @@ def cpu_engine_models(model: str | os.PathLike | None = None) -> dict[str, Path]
 
 
 def cpu_engine_info(model: str | os.PathLike | None = None, num_threads: int | None = None, *,
-                    run_probe: bool = False) -> dict[str, Any]:
-    """What ``auto`` runs each CPU model on here, and why (for ``wbc-edge
-    info``); with ``run_probe``, measured now and cached first."""
+                    streams: int | None = None, run_probe: bool = False) -> dict[str, Any]:
+    """What ``auto`` runs each CPU model on here with these threads and
+    streams (None: the defaults), and why (for ``wbc-edge info``); with
+    ``run_probe``, measured now and cached first."""
     threads = int(num_threads or default_num_threads())
+    streams = default_streams(threads) if streams is None else streams
+    threads_per_stream(threads, streams)  # refuses more streams than threads before any work
     entries = {}
     for name, path in cpu_engine_models(model).items():
-        measured = probe(path, threads) if run_probe and has("openvino") else None
-        backend, reason = choose_cpu_engine(path, threads)
+        measured = probe(path, threads, streams=streams) if run_probe and has("openvino") else None
+        backend, reason = choose_cpu_engine(path, threads, streams)
         entries[name] = {"path": str(path), "backend": backend, "reason": reason,
-                         "probe": measured or (cached_probe(path, threads) if has("openvino") else None)}
-    return {"num_threads": threads, "streams": default_streams(threads), "cache": str(probe_file()),
-            "models": entries}
+                         "probe": measured or (cached_probe(path, threads, streams) if has("openvino") else None)}
+    return {"num_threads": threads, "streams": streams, "cache": str(probe_file()), "models": entries}

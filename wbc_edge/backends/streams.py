@@ -42,6 +42,10 @@ def default_streams(num_threads: int | None = None) -> int:
 
 def threads_per_stream(num_threads: int | None, streams: int) -> tuple[int, int]:
     """``(threads in all, threads of each stream)`` for ``num_threads``
-    threads (default: every CPU this process may use) shared by ``streams``."""
+    threads (default: every CPU this process may use) shared by ``streams``;
+    WbcEdgeError where there are more streams than threads."""
     threads = int(num_threads or default_num_threads())
-    return threads, max(1, threads // streams)
+    if streams > threads:
+        raise WbcEdgeError(f"streams={streams} with {threads} thread{'s' * (threads > 1)}: each stream needs a "
+                           "thread of its own; ask for fewer streams or more threads")
+    return threads, threads // streams

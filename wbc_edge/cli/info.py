@@ -15,6 +15,7 @@ examples:
   wbc-edge info --json | jq .backends
   wbc-edge info --probe             time onnxruntime vs openvino on the shipped models; auto then runs the faster
   wbc-edge info --probe --model models/my-lab --threads 4
+  wbc-edge info --probe --threads 16 --streams 4    probe as 'classify --threads 16 --streams 4' runs
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the model (ONNX file or model directory) for the CPU engine choice; "
                                         "None: the shipped ones")
     parser.add_argument("--threads", type=int, help="inference threads to probe with; None: all usable CPUs")
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help="batches inferred at once to probe with, as 'classify --streams' runs them; None: 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise WbcEdgeError(f"--threads must be at least 1, got {args.threads}")
+    if args.streams is not None and args.streams < 1:
+        raise WbcEdgeError(f"--streams must be at least 1, got {args.streams}")
     if args.model is not None and not os.path.exists(args.model):
         raise WbcEdgeError(f"{args.model}: model file not found")
     info = describe_environment()
-    info["cpu_engine"] = cpu_engine_info(args.model, args.threads, run_probe=args.probe)
+    info["cpu_engine"] = cpu_engine_info(args.model, args.threads, streams=args.streams, run_probe=args.probe)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -91,7 +96,7 @@ def format_info(info: dict) -> str:
             lines.append(f"  {variant:<14}not shipped (wbc-edge info --json shows the command that makes it)")
     engine = info["cpu_engine"]
     lines += ["", f"cpu engine (--backend auto, {engine['num_threads']} threads in {engine['streams']} "
-                  f"stream{'s' * (engine['streams'] > 1)}; classify --streams sets the batches inferred at once):"]
+                  f"stream{'s' * (engine['streams'] > 1)}):"]
     for name, entry in info["cpu_engine"]["models"].items():
         lines.append(f"  {name:<14}{entry['reason']}")
     return "\n".join(lines)
