@@ -39,3 +39,30 @@ def test_benchmark_refuses_bad_options(tmp_path, capsys):
     except SystemExit as stop:  # argparse's own refusal
         assert stop.code == 2
     assert "positive integers" in capsys.readouterr().err
+
+
+def test_benchmark_save_caches_the_engine_probe_auto_then_follows(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    pytest.importorskip("openvino", reason="--save compares onnxruntime with openvino (pip install 'wbc-edge[openvino]')")
+    from wbc_edge.backends import probe
+    from wbc_edge.models import shipped_models
+
+    monkeypatch.setenv("WBC_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    model = shipped_models()["fp32"].path
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", str(EXAMPLES), "--model", str(model), "--batch-size", "4", "--concurrency", "1",
+                 "--count", "2", "--threads", "1", "--save", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["engine_probe"]
+    assert saved["key"]["num_threads"] == 1 and saved["key"]["streams"] == 1
+    assert "engine probe: onnxruntime" in capsys.readouterr().out
+    assert probe.cached_probe(model, 1, 1)["ms_per_image"] == saved["ms_per_image"]
+    backend, reason = probe.choose_cpu_engine(model, 1, 1)
+    assert backend == probe.winner(saved["ms_per_image"]) and "engine probe of" in reason
+
+
+def test_benchmark_save_refuses_a_model_no_cpu_engine_runs(tmp_path, capsys):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not used")
+    assert main(["benchmark", str(EXAMPLES), "--model", str(checkpoint), "--save"]) == 2
+    assert "--save probes the CPU engines, which run ONNX models" in capsys.readouterr().err

@@ -253,7 +253,8 @@ def choose_cpu_engine(path: str | os.PathLike, num_threads: int | None = None,
     backend = winner(ms)
     key = found.get("key", {})
     measured = (f"openvino {ms.get('openvino', float('nan')):.3f}, onnxruntime {ms.get('onnxruntime', float('nan')):.3f} "
-                f"ms per image, {key.get('num_threads')} threads in {key.get('streams')} streams, engine probe of "
+                f"ms per image, {key.get('num_threads')} threads in {key.get('streams')} stream"
+                f"{'s' * (key.get('streams') != 1)}, engine probe of "
                 f"{found.get('measured_at', '?')}")
     if backend == "openvino":
         return backend, f"openvino: measured faster than onnxruntime on this CPU ({measured})"

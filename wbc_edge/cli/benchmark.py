@@ -12,6 +12,8 @@ examples:
   wbc-edge benchmark --model grpc://gpu-server:8001/wbc_resnet18 --concurrency 1,4,16
   wbc-edge benchmark --backend openvino --precision int8 --count 200
   wbc-edge benchmark --streams 2 --batch-size 64 --concurrency 1    two batches at once (default: one)
+  wbc-edge benchmark --save                           also time onnxruntime vs openvino on this model and
+                                                      cache the faster for --backend auto (as info --probe)
 """
 
 from __future__ import annotations
@@ -49,10 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", type=int, metavar="N",
                         help="CPU engines: batches inferred at once, sharing the threads (default: 1)")
     parser.add_argument("--out", help="write the JSON here")
+    parser.add_argument("--save", action="store_true",
+                        help="also probe the CPU engines on this ONNX model (threads, streams as given) and cache "
+                             "the faster for --backend auto, as 'wbc-edge info --probe' does")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output, write_atomic
+    from ..backends import is_model_url
     from ..classifier import Classifier
     from ..errors import WbcEdgeError
     from ..files import find_images
@@ -67,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     duration = 3.0 if args.duration is None and args.count is None else args.duration
     if args.out:
         check_output(args.out, "--out")
+    if args.save and (args.model is not None and (is_model_url(args.model) or Path(args.model).suffix.lower()
+                                                  not in (".onnx", ""))):
+        raise WbcEdgeError(f"--save probes the CPU engines, which run ONNX models; {args.model} is not one")
     paths = []
     for item in args.inputs or [Path(__file__).resolve().parents[1] / "models" / "reference_cells"]:
         item = Path(item)
@@ -96,10 +105,35 @@ def run(args: argparse.Namespace) -> int:
                       f"latency ms p50 {latency['p50']:8.2f}  p95 {latency['p95']:8.2f}  p99 {latency['p99']:8.2f}",
                       flush=True)
         described = classifier.describe()
+        threads, streams = classifier.num_threads, classifier.runner.streams
     print("ms per image: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
     document = {"model": described, "images": len(images), "runs": runs,
                 "stages_ms_per_image": stages, "machine": machine()}
+    if args.save:
+        document["engine_probe"] = _save_probe(described, threads, streams)
     if args.out:
         write_atomic(args.out, json.dumps(document, indent=1) + "\n")
         print(f"written to {os.fspath(args.out)}")
     return 0
+
+
+def _save_probe(described: dict, threads: int, streams: int) -> dict:
+    """Both CPU engines timed on the benchmarked ONNX model, cached for
+    ``--backend auto`` (:func:`wbc_edge.backends.probe.probe`)."""
+    from ..backends.probe import probe
+    from ..errors import WbcEdgeError
+    from ..installed import has
+
+    path = described.get("path")
+    if not path or Path(path).suffix.lower() != ".onnx":
+        raise WbcEdgeError(f"--save probes the CPU engines, which run ONNX models; the benchmarked model is "
+                           f"{path or described.get('runner', {}).get('backend')}")
+    if not has("openvino"):
+        raise WbcEdgeError("--save compares onnxruntime with openvino, which is not installed "
+                           "(pip install 'wbc-edge[openvino]')")
+    result = probe(path, threads, streams=streams)
+    ms = result["ms_per_image"]
+    print(f"engine probe: onnxruntime {ms['onnxruntime']:.3f}, openvino {ms['openvino']:.3f} ms per image "
+          f"({threads} threads, {streams} stream{'s' * (streams > 1)}); --backend auto now runs "
+          f"{result['backend']} for this model, threads and streams here")
+    return result
