@@ -54,10 +54,6 @@ MAX_BATCH_SIZE = 256
 
 
 
-def _runs_on_cpu_engine(backend: str, device: str | None) -> bool:
-    return backend == "openvino" or (backend == "onnxruntime" and (device is None or device.startswith("cpu")))
-
-
 def _capped(batch_size: int) -> int:
     if batch_size <= MAX_BATCH_SIZE:
         return batch_size
@@ -115,7 +111,7 @@ class Classifier:
         self.num_threads = int(num_threads or default_num_threads())
         # Each batch is read (decoded, preprocessed) on its stream's share of
         # the threads, while the runner's other streams infer.
-        self._read_threads = max(1, self.num_threads // max(1, runner.streams))
+        self._read_threads = max(1, self.num_threads // runner.streams)
         self.max_pixels = max_pixels
         limit = runner.max_batch_size
         self.batch_size = _capped(int(min(batch_size, limit) if limit else batch_size))
@@ -178,10 +174,6 @@ class Classifier:
             raise WbcEdgeError(f"TensorRT runs engines built for this GPU, not ONNX files; build one with:\n"
                                f"  wbc-edge build-engine --onnx {path} --out {path.with_suffix('.engine').name}\n"
                                "then pass the .engine file as the model")
-        if streams is not None and not _runs_on_cpu_engine(chosen, device):
-            raise WbcEdgeError(f"streams={streams!r}: streams are for the CPU engines (onnxruntime on the CPU, "
-                               f"openvino); the {chosen} backend{' on ' + device if device else ''} overlaps "
-                               "batches its own way")
         options = options_for(chosen, precision, device, num_threads, streams)
         options.update(runner_options or {})
         variant = shipped_variant(path) if model is None else None

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import MissingDependencyError, WbcEdgeError
 from ..installed import has
 from .base import Runner
-from .streams import check_streams, default_streams
+from .streams import streams_for
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "torch")
 
@@ -90,7 +90,12 @@ def options_for(backend: str, precision: str | None, device: str | None,
     choices (precision, device, threads, CPU streams: None for
     :func:`~wbc_edge.backends.streams.default_streams`), or WbcEdgeError for
     a combination the backend cannot run."""
-    cpu_streams = default_streams(num_threads) if streams is None else check_streams(streams)
+    on_cpu = device is None or device.partition(":")[0] == "cpu"
+    if streams is not None and not (backend == "openvino" or (backend == "onnxruntime" and on_cpu)):
+        raise WbcEdgeError(f"streams={streams!r}: streams are for the CPU engines (onnxruntime on the CPU, "
+                           f"openvino); the {backend} backend{' on ' + device if device else ''} overlaps "
+                           "batches its own way")
+    cpu_streams = streams_for(streams, num_threads)
     if backend == "onnxruntime":
         options: dict[str, Any] = {"num_threads": num_threads}
         if device is not None:
@@ -101,7 +106,7 @@ def options_for(backend: str, precision: str | None, device: str | None,
                 options["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             else:
                 raise WbcEdgeError(f"device {device!r}: the onnxruntime backend runs on 'cpu' or 'cuda' (GPU 0)")
-        if device is None or device.partition(":")[0] == "cpu":
+        if on_cpu:
             options["streams"] = cpu_streams
         return options
     if backend == "torch":

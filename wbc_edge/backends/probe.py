@@ -41,7 +41,7 @@ from ..errors import WbcEdgeError
 from ..installed import has
 from ..metadata import sha256_of
 from ..preprocess import default_num_threads
-from .streams import default_streams, threads_per_stream
+from .streams import streams_for, threads_per_stream
 
 #: OpenVINO is chosen only when it is at least this fraction faster than ONNX Runtime.
 MARGIN = 0.05
@@ -140,7 +140,7 @@ def probe_key(path: str | os.PathLike, num_threads: int | None = None, streams: 
     versions = package_versions()
     threads = int(num_threads or default_num_threads())
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "num_threads": threads,
-            "streams": default_streams(threads) if streams is None else streams,
+            "streams": streams_for(streams, threads),
             "model_sha256": model_sha256(path), "onnxruntime": versions.get("onnxruntime"),
             "openvino": versions.get("openvino")}
 
@@ -193,7 +193,7 @@ def probe(path: str | os.PathLike, num_threads: int | None = None, *, streams: i
     from .base import BatchJob
 
     threads = int(num_threads or default_num_threads())
-    streams = default_streams(threads) if streams is None else streams
+    streams = streams_for(streams, threads)
     key = probe_key(path, threads, streams)
     runners = {}
 
@@ -325,7 +325,7 @@ def cpu_engine_info(model: str | os.PathLike | None = None, num_threads: int | N
     streams (None: the defaults), and why (for ``wbc-edge info``); with
     ``run_probe``, measured now and cached first."""
     threads = int(num_threads or default_num_threads())
-    streams = default_streams(threads) if streams is None else streams
+    streams = streams_for(streams, threads)
     threads_per_stream(threads, streams)  # refuses more streams than threads before any work
     entries = {}
     for name, path in cpu_engine_models(model).items():

@@ -4,8 +4,8 @@ A stream is one batch in inference at a time, on its own share of the
 threads. With one stream (the default), a batch gets every thread while the
 next batch is read, decoded and preprocessed in reader threads meanwhile
 (``Classifier.predict_stream``). With more, that many batches are inferred at
-once (OpenVINO's THROUGHPUT streams; concurrent ``InferenceSession.run`` calls
-on onnxruntime), each on ``threads // streams`` threads, and each batch is
+once (OpenVINO's THROUGHPUT streams, an infer request each; an onnxruntime
+session each), each on ``threads // streams`` threads, and each batch is
 read on the same share, so the threads of all streams add up to the thread
 count and no engine thread waits at a layer's barrier for one that another
 stream's work pushed off its core.
@@ -38,6 +38,11 @@ def default_streams(num_threads: int | None = None) -> int:
     """The streams for ``num_threads`` threads (default: every CPU this
     process may use): :data:`DEFAULT_STREAMS`, at most one per thread."""
     return max(1, min(DEFAULT_STREAMS, int(num_threads or default_num_threads())))
+
+
+def streams_for(streams: int | None, num_threads: int | None = None) -> int:
+    """``streams`` checked, or None: :func:`default_streams` for the threads."""
+    return default_streams(num_threads) if streams is None else check_streams(streams)
 
 
 def threads_per_stream(num_threads: int | None, streams: int) -> tuple[int, int]:

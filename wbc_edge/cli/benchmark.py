@@ -58,7 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output, write_atomic
-    from ..backends import is_model_url
     from ..classifier import Classifier
     from ..errors import WbcEdgeError
     from ..files import find_images
@@ -73,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
     duration = 3.0 if args.duration is None and args.count is None else args.duration
     if args.out:
         check_output(args.out, "--out")
-    if args.save and (args.model is not None and (is_model_url(args.model) or Path(args.model).suffix.lower()
-                                                  not in (".onnx", ""))):
-        raise WbcEdgeError(f"--save probes the CPU engines, which run ONNX models; {args.model} is not one")
+    # refused before any loading or timing: a model the probe cannot run
+    probed = _probe_model(args.model, args.precision, args.backend) if args.save else None
     paths = []
     for item in args.inputs or [Path(__file__).resolve().parents[1] / "models" / "reference_cells"]:
         item = Path(item)
@@ -110,27 +108,34 @@ def run(args: argparse.Namespace) -> int:
     document = {"model": described, "images": len(images), "runs": runs,
                 "stages_ms_per_image": stages, "machine": machine()}
     if args.save:
-        document["engine_probe"] = _save_probe(described, threads, streams)
+        document["engine_probe"] = _save_probe(probed, threads, streams)
     if args.out:
         write_atomic(args.out, json.dumps(document, indent=1) + "\n")
         print(f"written to {os.fspath(args.out)}")
     return 0
 
 
-def _save_probe(described: dict, threads: int, streams: int) -> dict:
-    """Both CPU engines timed on the benchmarked ONNX model, cached for
-    ``--backend auto`` (:func:`wbc_edge.backends.probe.probe`)."""
-    from ..backends.probe import probe
+def _probe_model(model, precision: str | None, backend: str) -> Path:
+    """The ONNX file ``--save`` probes (the one the benchmark loads), or
+    WbcEdgeError: not an ONNX model, or no openvino to compare with."""
     from ..errors import WbcEdgeError
     from ..installed import has
+    from ..models import resolve_model
 
-    path = described.get("path")
-    if not path or Path(path).suffix.lower() != ".onnx":
-        raise WbcEdgeError(f"--save probes the CPU engines, which run ONNX models; the benchmarked model is "
-                           f"{path or described.get('runner', {}).get('backend')}")
+    path = resolve_model(model, precision=precision, backend=backend)
+    if not isinstance(path, Path) or path.suffix.lower() != ".onnx":
+        raise WbcEdgeError(f"--save probes the CPU engines, which run ONNX models; {path} is not one")
     if not has("openvino"):
         raise WbcEdgeError("--save compares onnxruntime with openvino, which is not installed "
                            "(pip install 'wbc-edge[openvino]')")
+    return path
+
+
+def _save_probe(path: Path, threads: int, streams: int) -> dict:
+    """Both CPU engines timed on the benchmarked ONNX model, cached for
+    ``--backend auto`` (:func:`wbc_edge.backends.probe.probe`)."""
+    from ..backends.probe import probe
+
     result = probe(path, threads, streams=streams)
     ms = result["ms_per_image"]
     print(f"engine probe: onnxruntime {ms['onnxruntime']:.3f}, openvino {ms['openvino']:.3f} ms per image "
